@@ -1,0 +1,118 @@
+"""Timing, memory and reporting helpers shared by every benchmark."""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class BenchRow:
+    """One measured configuration. ``extra`` holds benchmark-specific columns (e.g. a speed-up)."""
+
+    bench: str
+    impl: str
+    device: str
+    batch: int
+    ms: float
+    items_per_s: float
+    peak_mem_mb: float
+    torch: str = torch.__version__
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device | str, warmup: int = 2, repeat: int = 10,
+            min_time_s: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds (after ``warmup`` calls), synchronizing CUDA around each call.
+
+    Runs at least ``repeat`` times and, if ``min_time_s`` > 0, until that much time has been spent.
+    """
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - start) < min_time_s:
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device | str) -> float:
+    """Peak memory of one ``fn()`` call in MiB: CUDA allocator peak on GPU; on CPU the growth of the process's
+    maximum resident set size (a lower bound when an earlier call already reached a higher peak)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def available_devices(requested: str = "auto") -> list[str]:
+    """``["cpu"]`` plus ``"cuda"`` when a GPU is present (``requested``: auto | cpu | cuda)."""
+    if requested == "auto":
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return [requested]
+
+
+def print_table(rows: Sequence[BenchRow], title: str = "") -> None:
+    """Print rows as an aligned text table."""
+    dicts = [r.as_dict() for r in rows]
+    if not dicts:
+        return
+    cols = [c for c in dicts[0] if c != "torch"]
+    cells = [[_fmt(d.get(c)) for c in cols] for d in dicts]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    if title:
+        print(f"\n{title}  (torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads)")
+    print("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
+    for r in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def write_csv(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
+    """Write rows to a CSV file (replacing it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dicts = [r.as_dict() for r in rows]
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(dicts)
+    return path
