@@ -140,3 +140,154 @@ def write_flame_folder(out_dir: str | os.PathLike, arrays: FlameArrays) -> Path:
     if a.uv is not None:
         write_obj(out / FLAME_FILES["template"], a.v_template, a.faces, uv=a.uv, faces_uv=a.faces_uv)
     return out
+
+
+def _as_dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if scipy.sparse.issparse(x) else x)
+
+
+def _check(cond: bool, path: Path, msg: str) -> None:
+    if not cond:
+        raise AssetFormatError(f"{path}: {msg}")
+
+
+def _read_model_pickle(path: Path) -> dict:
+    data = load_pickle(path)
+    _check(isinstance(data, dict), path, "expected a FLAME model dict")
+    missing = [k for k in ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
+               if k not in data]
+    _check(not missing, path, f"not a FLAME model pickle: missing keys {missing}")
+    v = _as_dense(data["v_template"]).astype(np.float64)
+    n = v.shape[0]
+    _check(v.ndim == 2 and v.shape[1] == 3, path, f"v_template has shape {v.shape}, expected (V, 3)")
+    faces = _as_dense(data["f"]).astype(np.int64)
+    _check(faces.ndim == 2 and faces.shape[1] == 3, path, f"f has shape {faces.shape}, expected (F, 3)")
+    _check(faces.min() >= 0 and faces.max() < n, path, f"face indices outside [0, {n})")
+    shapedirs = _as_dense(data["shapedirs"]).astype(np.float64)
+    _check(shapedirs.ndim == 3 and shapedirs.shape[:2] == (n, 3), path,
+           f"shapedirs has shape {shapedirs.shape}, expected ({n}, 3, K)")
+    _check(shapedirs.shape[2] > NUM_SHAPE_TOTAL, path,
+           f"shapedirs has {shapedirs.shape[2]} components; FLAME 2020 has {NUM_SHAPE_TOTAL} shape + 100 expression"
+           " (a truncated or pre-2020 file?)")
+    weights = _as_dense(data["weights"]).astype(np.float64)
+    n_joints = weights.shape[1] if weights.ndim == 2 else -1
+    _check(weights.shape == (n, n_joints), path, f"weights has shape {weights.shape}, expected ({n}, J)")
+    posedirs = _as_dense(data["posedirs"]).astype(np.float64)
+    _check(posedirs.shape == (n, 3, 9 * (n_joints - 1)), path,
+           f"posedirs has shape {posedirs.shape}, expected ({n}, 3, {9 * (n_joints - 1)})")
+    j_reg = _as_dense(data["J_regressor"]).astype(np.float64)
+    _check(j_reg.shape == (n_joints, n), path, f"J_regressor has shape {j_reg.shape}, expected ({n_joints}, {n})")
+    kintree = _as_dense(data["kintree_table"]).astype(np.int64)
+    _check(kintree.shape == (2, n_joints), path, f"kintree_table has shape {kintree.shape}, expected (2, {n_joints})")
+    parents = kintree[0].copy()
+    parents[(parents < 0) | (parents >= n_joints)] = -1  # the root's parent is stored as uint32 max
+    _check((parents[1:] >= 0).all() and (parents[1:] < np.arange(1, n_joints)).all(), path,
+           f"kintree_table parents {parents.tolist()} are not a tree ordered root-first")
+    return dict(v_template=v, faces=faces, shapedirs=shapedirs, posedirs=posedirs, j_regressor=j_reg,
+                weights=weights, parents=parents)
+
+
+def _read_landmarks(path: Path, n_faces: int) -> dict:
+    lmk = load_npy(path)
+    keys = ("static_lmk_faces_idx", "static_lmk_bary_coords", "dynamic_lmk_faces_idx", "dynamic_lmk_bary_coords")
+    _check(isinstance(lmk, dict) and all(k in lmk for k in keys), path,
+           f"expected DECA's landmark embedding dict with keys {keys}")
+    out = dict(
+        static_lmk_faces=np.asarray(lmk["static_lmk_faces_idx"], dtype=np.int64).reshape(-1),
+        static_lmk_bary=np.asarray(lmk["static_lmk_bary_coords"], dtype=np.float64).reshape(-1, 3),
+        dynamic_lmk_faces=np.asarray(lmk["dynamic_lmk_faces_idx"], dtype=np.int64),
+        dynamic_lmk_bary=np.asarray(lmk["dynamic_lmk_bary_coords"], dtype=np.float64),
+    )
+    _check(out["static_lmk_faces"].shape == (51,) and out["static_lmk_bary"].shape == (51, 3), path,
+           "static landmarks must be 51 faces with (51, 3) barycentrics")
+    _check(out["dynamic_lmk_faces"].shape == (79, 17) and out["dynamic_lmk_bary"].shape == (79, 17, 3), path,
+           f"dynamic contour must be (79, 17) faces and (79, 17, 3) barycentrics, got "
+           f"{out['dynamic_lmk_faces'].shape} and {out['dynamic_lmk_bary'].shape}")
+    for k in ("static_lmk_faces", "dynamic_lmk_faces"):
+        _check(out[k].min() >= 0 and out[k].max() < n_faces, path, f"{k} outside [0, {n_faces})")
+    return out
+
+
+def _read_mediapipe(path: Path, n_faces: int) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = dict(mp_faces=z["lmk_face_idx"].astype(np.int64).reshape(-1),
+                       mp_bary=z["lmk_b_coords"].astype(np.float64).reshape(-1, 3),
+                       mp_indices=z["landmark_indices"].astype(np.int64).reshape(-1))
+    except (KeyError, ValueError, OSError) as err:
+        raise AssetFormatError(f"{path}: not SMIRK's mediapipe embedding (lmk_face_idx, lmk_b_coords, "
+                               f"landmark_indices): {err}") from err
+    n = len(out["mp_faces"])
+    _check(out["mp_bary"].shape == (n, 3) and out["mp_indices"].shape == (n,), path, "inconsistent counts")
+    _check(out["mp_faces"].min() >= 0 and out["mp_faces"].max() < n_faces, path, f"faces outside [0, {n_faces})")
+    return out
+
+
+def read_flame_folder(
+    model_path: str | os.PathLike,
+    landmark_path: str | os.PathLike | None = None,
+    mediapipe_path: str | os.PathLike | None = None,
+    masks_path: str | os.PathLike | None = None,
+    l_eyelid_path: str | os.PathLike | None = None,
+    r_eyelid_path: str | os.PathLike | None = None,
+    template_path: str | os.PathLike | None = None,
+    config_prefix: str = "",
+) -> FlameArrays:
+    """Read and validate FLAME asset files. Only ``model_path`` and ``landmark_path`` are required.
+
+    Args:
+        model_path: ``generic_model.pkl``.
+        landmark_path: DECA's ``landmark_embedding.npy``.
+        mediapipe_path, masks_path, l_eyelid_path, r_eyelid_path, template_path: optional companions; None skips.
+        config_prefix: prefix of the config keys, for error messages (e.g. ``"model.init_args.flame."``).
+
+    Raises:
+        MissingAssetError: a given file does not exist (the message says where to get it).
+        AssetFormatError: a file has unexpected keys, shapes or index ranges.
+        UnsafePickleError: a pickle references anything but numpy/scipy/chumpy arrays.
+    """
+
+    def need(p, what, key):
+        return require_file(p, what=what, config_key=config_prefix + key, family="flame")
+
+    model_path = need(model_path, "FLAME model pickle", "model_path")
+    arrays = _read_model_pickle(model_path)
+    n_verts, n_faces = len(arrays["v_template"]), len(arrays["faces"])
+    if landmark_path is None:
+        raise AssetFormatError(f"{config_prefix}landmark_path is required (DECA's landmark_embedding.npy)")
+    arrays.update(_read_landmarks(need(landmark_path, "FLAME landmark embedding", "landmark_path"), n_faces))
+    if mediapipe_path is not None:
+        path = need(mediapipe_path, "FLAME mediapipe landmark embedding", "mediapipe_path")
+        arrays.update(_read_mediapipe(path, n_faces))
+    if masks_path is not None:
+        path = need(masks_path, "FLAME_masks.pkl", "masks_path")
+        masks = load_pickle(path)
+        _check(isinstance(masks, dict), path, "expected a dict of region name -> vertex ids")
+        arrays["masks"] = {str(k): np.asarray(v, dtype=np.int64).reshape(-1) for k, v in masks.items()}
+        for k, ids in arrays["masks"].items():
+            _check(len(ids) == 0 or (ids.min() >= 0 and ids.max() < n_verts), path, f"region {k} out of range")
+    for side, p in (("l_eyelid", l_eyelid_path), ("r_eyelid", r_eyelid_path)):
+        if p is not None:
+            path = need(p, f"FLAME {side} blendshape", f"{side}_path")
+            arr = np.asarray(load_npy(path), dtype=np.float64)
+            arr = arr.reshape(-1, 3) if arr.size == 3 * n_verts else arr  # SMIRK's are (V, 3); accept (1, V, 3)
+            _check(arr.shape == (n_verts, 3), path, f"expected ({n_verts}, 3) offsets, got {arr.shape}")
+            arrays[side] = arr
+    if template_path is not None:
+        path = need(template_path, "FLAME head template OBJ", "template_path")
+        obj = read_obj(path)
+        _check(len(obj.verts) == n_verts and len(obj.faces) == n_faces, path,
+               f"template has {len(obj.verts)} vertices / {len(obj.faces)} faces, the model {n_verts} / {n_faces}")
+        if len(obj.uv):
+            arrays["uv"], arrays["faces_uv"] = obj.uv, obj.faces_uv
+    return FlameArrays(**arrays)
+
+
+def flame_folder_paths(folder: str | os.PathLike) -> dict[str, Path | None]:
+    """The standard file paths inside a FLAME asset folder; optional companions that are absent map to None."""
+    folder = Path(folder)
+    paths: dict[str, Path | None] = {}
+    for key, name in FLAME_FILES.items():
+        p = folder / name
+        paths[key] = p if (p.exists() or key in ("model", "landmarks")) else None
+    return paths

@@ -1,0 +1,42 @@
+# facelab: `make install` then `make test`. Everything runs from the project's own virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= dev
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
+comma := ,
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow lint format bench tensorboard clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+## The fast suite (the README's test command); slow tests are excluded.
+test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src models tests
+
+format: install
+	$(VENV)/bin/ruff format src models tests
+
+## Benchmarks print a table and write CSV under bench_results/ (see `facelab bench --help`).
+bench: install
+	$(VENV)/bin/facelab bench flame
+	$(VENV)/bin/facelab bench raster
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir logs
+
+clean:
+	rm -rf .pytest_cache .ruff_cache bench_results

@@ -1,0 +1,48 @@
+"""The ``facelab`` console script: everything that is not training.
+
+    facelab assets synthetic --family flame --out DIR [--seed S] [--size full|tiny]
+    facelab bench flame [--device auto|cpu|cuda] [--csv PATH]
+
+Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the parser's ``func`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Modules that contribute subcommands (later methods add reconstruct, preprocess, evaluate, ...).
+SUBCOMMAND_MODULES = ("facelab.cli.assets", "facelab.cli.bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facelab", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``facelab`` console script. Returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as err:  # a clear one-line message for user errors; the traceback with FACELAB_DEBUG=1
+        from facelab.errors import FacelabError
+
+        if isinstance(err, (FacelabError, FileNotFoundError, ValueError)) and not _debug():
+            print(f"facelab {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _debug() -> bool:
+    import os
+
+    return os.environ.get("FACELAB_DEBUG", "") not in ("", "0")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
