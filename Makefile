@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# Editable installs map the import packages found at install time: a new package in models/ reinstalls.
+$(STAMP): pyproject.toml constraints.txt $(wildcard models/*/__init__.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"

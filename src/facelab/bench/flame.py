@@ -103,11 +103,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=20)
 
 
+def _measure(flame: Flame, ref: ReferenceFlame, p: FlameParams, device: str, repeat: int) -> list[BenchRow]:
+    betas, pose = torch.cat([p.shape, p.expression], 1), p.full_pose()
+
+    @torch.no_grad()
+    def library():
+        return flame(p)
+
+    @torch.no_grad()
+    def reference():
+        verts, joints = ref(betas, pose)
+        return verts, joints, ref.landmarks(verts, pose)
+
+    out, (verts, joints, lmk) = library(), reference()
+    err = max((out.verts - verts).abs().max().item(), (out.joints - joints).abs().max().item(),
+              (out.landmarks68 - lmk).abs().max().item())
+    t_ref = time_fn(reference, device, repeat=repeat, min_time_s=0.5)
+    t_lib = time_fn(library, device, repeat=repeat, min_time_s=0.5)
+    batch = p.batch_size
+    return [BenchRow("flame", impl, device, batch, t, batch / t * 1e3, peak_memory_mb(fn, device),
+                     extra={"speedup_vs_ref": round(t_ref / t, 2), "max_abs_err": f"{err:.2e}"})
+            for impl, t, fn in (("reference", t_ref, reference), ("facelab", t_lib, library))]
+
+
 def run(args: argparse.Namespace) -> list[BenchRow]:
-    from facelab.morphable.flame import _resolve_paths
+    from facelab.morphable.flame import resolve_flame_paths
     from facelab.morphable.flame_assets import read_flame_folder
 
-    paths = _resolve_paths(args.model, {})
+    paths = resolve_flame_paths(args.model, {})
     arrays = read_flame_folder(paths["model"], paths["landmarks"])
     rows: list[BenchRow] = []
     for device in available_devices(args.device):
@@ -117,24 +140,5 @@ def run(args: argparse.Namespace) -> list[BenchRow]:
         for batch in args.batch_sizes:
             p = random_params(flame, batch, gen)
             p = FlameParams(**{k: v.to(device) for k, v in vars(p).items() if v is not None})
-            betas, pose = torch.cat([p.shape, p.expression], 1), p.full_pose()
-
-            def lib():
-                with torch.no_grad():
-                    return flame(p)
-
-            def reference():
-                with torch.no_grad():
-                    verts, joints = ref(betas, pose)
-                    return verts, joints, ref.landmarks(verts, pose)
-
-            out, (rv, rj, rl) = lib(), reference()
-            err = max((out.verts - rv).abs().max().item(), (out.joints - rj).abs().max().item(),
-                      (out.landmarks68 - rl).abs().max().item())
-            t_ref = time_fn(reference, device, repeat=args.repeat, min_time_s=0.5)
-            t_lib = time_fn(lib, device, repeat=args.repeat, min_time_s=0.5)
-            for impl, t, fn in (("reference", t_ref, reference), ("facelab", t_lib, lib)):
-                extra = {"speedup_vs_ref": round(t_ref / t, 2), "max_abs_err": f"{err:.2e}"}
-                rows.append(BenchRow("flame", impl, device, batch, t, batch / t * 1e3, peak_memory_mb(fn, device),
-                                     extra=extra))
+            rows += _measure(flame, ref, p, device, args.repeat)
     return rows

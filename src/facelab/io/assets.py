@@ -29,7 +29,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "facelab"
 
 
-def require_file(path: str | os.PathLike, *, what: str, config_key: str | None = None, family: str | None = None) -> Path:
+def require_file(
+    path: str | os.PathLike, *, what: str, config_key: str | None = None, family: str | None = None
+) -> Path:
     """Return ``path`` as a Path if it is an existing file, else raise a helpful MissingAssetError.
 
     Args:

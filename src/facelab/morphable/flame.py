@@ -59,7 +59,7 @@ class FlameParams:
         return torch.cat(pose, dim=1).view(b, 5, 3)
 
 
-def _resolve_paths(model_path: str | os.PathLike, given: dict) -> dict:
+def resolve_flame_paths(model_path: str | os.PathLike, given: dict) -> dict:
     """Fill companion paths that were not given: from the synthetic stand-in, or from the model's folder."""
     spec = str(model_path)
     if spec.startswith("synthetic"):
@@ -109,7 +109,7 @@ class Flame(MorphableModel):
         super().__init__()
         given = dict(model=model_path, landmarks=landmark_path, mediapipe=mediapipe_path, masks=masks_path,
                      l_eyelid=l_eyelid_path, r_eyelid=r_eyelid_path, template=template_path)
-        p = _resolve_paths(model_path, given)
+        p = resolve_flame_paths(model_path, given)
         arrays = read_flame_folder(p["model"], p["landmarks"], p["mediapipe"], p["masks"], p["l_eyelid"],
                                    p["r_eyelid"], p["template"])
         self._build(arrays, n_shape, n_expression)

@@ -133,7 +133,8 @@ def write_flame_folder(out_dir: str | os.PathLike, arrays: FlameArrays) -> Path:
             landmark_indices=a.mp_indices.astype(np.int64),
         )
     if a.masks:
-        dump_pickle_with_chumpy({k: np.asarray(v, dtype=np.int64) for k, v in a.masks.items()}, out / FLAME_FILES["masks"])
+        masks = {k: np.asarray(v, dtype=np.int64) for k, v in a.masks.items()}
+        dump_pickle_with_chumpy(masks, out / FLAME_FILES["masks"])
     for key in ("l_eyelid", "r_eyelid"):
         if getattr(a, key) is not None:
             np.save(out / FLAME_FILES[key], getattr(a, key).astype(np.float32))
