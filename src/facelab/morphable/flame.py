@@ -73,6 +73,7 @@ def resolve_flame_paths(model_path: str | os.PathLike, given: dict) -> dict:
     else:
         defaults = {k: v for k, v in flame_folder_paths(Path(spec).parent).items() if k != "model"}
         defaults["model"] = Path(spec)
+    given = {k: v for k, v in given.items() if k != "model"}  # the model file comes from the resolution above
     return {k: given.get(k) if given.get(k) is not None else defaults.get(k) for k in defaults}
 
 
