@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 # skew(r) = r @ _SKEW_BASIS viewed as (3, 3): [[0, -z, y], [z, 0, -x], [-y, x, 0]]
 _SKEW_BASIS = torch.tensor([[0, 0, 0, 0, 0, -1, 0, 1, 0], [0, 0, 1, 0, 0, 0, -1, 0, 0], [0, -1, 0, 1, 0, 0, 0, 0, 0]])
 
