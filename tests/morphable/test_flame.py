@@ -9,13 +9,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from facelab.morphable.synthetic.flame import build_flame_arrays
 
 from facelab.bench.flame import ReferenceFlame
 from facelab.errors import AssetFormatError, MissingAssetError, UnsafePickleError
 from facelab.morphable import Flame, FlameParams
 from facelab.morphable.flame_assets import FLAME_FILES, write_flame_folder
 from facelab.morphable.lbs import axis_angle_to_matrix
+from facelab.morphable.synthetic.flame import build_flame_arrays
 
 
 @pytest.fixture(scope="module")
