@@ -1,7 +1,8 @@
 # facelab: `make install` then `make test`. Everything runs from the project's own virtual environment.
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev
+EXTRAS ?= dev,data
+MEDIAPIPE := mediapipe==0.10.21
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 comma := ,
@@ -16,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard models/*/__init__.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	case ",$(EXTRAS)," in *,data,*) $(PY) -m pip install --quiet --no-deps -c constraints.txt $(MEDIAPIPE);; esac
 	touch $@
 
 ## The fast suite (the README's test command); slow tests are excluded.

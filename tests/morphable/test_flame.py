@@ -101,7 +101,10 @@ def test_gradcheck_at_zero_pose(arrays):
     model = Flame.from_arrays(arrays, n_shape=2, n_expression=2).double()
     pose = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
     zeros = model.zero_params(1)
-    assert torch.autograd.gradcheck(lambda g: model(dataclasses.replace(zeros, global_pose=g)).verts, (pose,), fast_mode=True)
+    def fn(g):
+        return model(dataclasses.replace(zeros, global_pose=g)).verts
+
+    assert torch.autograd.gradcheck(fn, (pose,), fast_mode=True)
 
 
 def test_matches_smplx_style_reference(flame, arrays):
