@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -88,6 +89,24 @@ class MorphableModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._region_names: list[str] = []
+
+    def register_constant(self, name: str, value, dtype: torch.dtype | None = None) -> None:
+        """Register asset data as a non-persistent buffer: ``.to()`` moves and casts it, checkpoints leave it out
+        (it is rebuilt from the asset files, which are large and often licensed).
+
+        Args:
+            name: buffer name. value: array-like. dtype: default ``torch.get_default_dtype()``.
+        """
+        array = np.ascontiguousarray(value)
+        self.register_buffer(name, torch.as_tensor(array, dtype=dtype or torch.get_default_dtype()), persistent=False)
+
+    def register_topology(self, faces, uv=None, faces_uv=None) -> None:
+        """Register ``faces`` (F, 3) and the per-corner UV layout ``uv`` (T, 2) / ``faces_uv`` (F, 3) (empty when
+        the model has no UVs)."""
+        self.register_constant("faces", faces, torch.long)
+        self.register_constant("uv", np.zeros((0, 2)) if uv is None else np.reshape(uv, (-1, 2)))
+        self.register_constant("faces_uv", np.zeros((0, 3)) if faces_uv is None else np.reshape(faces_uv, (-1, 3)),
+                               torch.long)
 
     def register_region(self, name: str, vertex_ids) -> None:
         self.register_buffer(f"region_{name}", torch.as_tensor(vertex_ids, dtype=torch.long), persistent=False)

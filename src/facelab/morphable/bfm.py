@@ -501,19 +501,17 @@ class Bfm(MorphableModel):
 
         mean = arrays.mean_shape - (arrays.mean_shape.mean(axis=0, keepdims=True) if recenter else 0.0)
         basis = np.concatenate([arrays.id_basis[..., : self.num_id], arrays.exp_basis[..., : self.num_exp]], axis=2)
-        _constant(self, "mean_shape", mean.reshape(-1))
-        _constant(self, "shape_basis", basis.reshape(3 * n, -1).T)
+        self.register_constant("mean_shape", mean.reshape(-1))
+        self.register_constant("shape_basis", basis.reshape(3 * n, -1).T)
         if k_tex:
-            _constant(self, "mean_albedo", arrays.mean_albedo.reshape(-1))
-            _constant(self, "albedo_basis", arrays.albedo_basis[..., : self.num_tex].reshape(3 * n, -1).T)
+            self.register_constant("mean_albedo", arrays.mean_albedo.reshape(-1))
+            self.register_constant("albedo_basis", arrays.albedo_basis[..., : self.num_tex].reshape(3 * n, -1).T)
         else:
-            _constant(self, "mean_albedo", np.zeros(0))
-            _constant(self, "albedo_basis", np.zeros((0, 3 * n)))
+            self.register_constant("mean_albedo", np.zeros(0))
+            self.register_constant("albedo_basis", np.zeros((0, 3 * n)))
         kp = _read_keypoints(keypoints, n) if keypoints is not None else arrays.keypoints
-        _constant(self, "keypoints", np.zeros(0) if kp is None else kp, torch.long)
-        _constant(self, "faces", arrays.faces, torch.long)
-        _constant(self, "uv", np.zeros((0, 2)))
-        _constant(self, "faces_uv", np.zeros((0, 3)), torch.long)
+        self.register_constant("keypoints", np.zeros(0) if kp is None else kp, torch.long)
+        self.register_topology(arrays.faces)
         self.register_region("face", np.arange(n))
         for name, ids in arrays.regions.items():
             self.register_region(name, ids)
@@ -572,8 +570,3 @@ def _check_coeffs(x: Tensor, k: int, name: str) -> None:
     if x.dim() != 2 or x.shape[1] != k:
         raise ValueError(f"{name} must be (B, {k}), got {tuple(x.shape)}")
 
-
-def _constant(module: torch.nn.Module, name: str, value, dtype: torch.dtype = torch.float32) -> None:
-    """Register asset data as a non-persistent buffer: ``.to()`` moves and casts it, checkpoints leave it out
-    (it is rebuilt from the asset files, which are large and often licensed)."""
-    module.register_buffer(name, torch.as_tensor(np.ascontiguousarray(value), dtype=dtype), persistent=False)

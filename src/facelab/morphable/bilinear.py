@@ -390,13 +390,12 @@ class BilinearModel(MorphableModel):
             raise AssetFormatError(f"{path}: num_id={num_id} but the core has {k} identity components")
         # (3V, 52, K) -> (52, K, 3V) -> (52 K, 3V): row e * K + k multiplies w_exp[e] * w_id[k].
         core = arrays.core.transpose(1, 2, 0).reshape(NUM_EXPRESSIONS * k, 3 * n)
-        _constant(self, "core", core)
-        _constant(self, "id_mean", arrays.id_mean)
-        _constant(self, "id_std", np.ones(k) if arrays.id_var is None else np.sqrt(arrays.id_var))
-        _constant(self, "landmark_ids", np.zeros(0) if arrays.landmarks is None else arrays.landmarks, torch.long)
-        _constant(self, "faces", arrays.faces, torch.long)
-        _constant(self, "uv", arrays.uv.reshape(-1, 2))
-        _constant(self, "faces_uv", arrays.faces_uv.reshape(-1, 3), torch.long)
+        self.register_constant("core", core)
+        self.register_constant("id_mean", arrays.id_mean)
+        self.register_constant("id_std", np.ones(k) if arrays.id_var is None else np.sqrt(arrays.id_var))
+        landmarks = np.zeros(0) if arrays.landmarks is None else arrays.landmarks
+        self.register_constant("landmark_ids", landmarks, torch.long)
+        self.register_topology(arrays.faces, arrays.uv, arrays.faces_uv)
         self.register_region("head", np.arange(n))
         for name, ids in arrays.regions.items():
             self.register_region(name, ids)
@@ -453,8 +452,3 @@ class BilinearModel(MorphableModel):
     def extra_repr(self) -> str:
         return f"verts={self.num_verts}, faces={self.num_faces}, num_id={self.num_id}, num_exp={self.num_exp}"
 
-
-def _constant(module: torch.nn.Module, name: str, value, dtype: torch.dtype = torch.float32) -> None:
-    """Register asset data as a non-persistent buffer: ``.to()`` moves and casts it, checkpoints leave it out
-    (it is rebuilt from the asset files, which are large and often licensed)."""
-    module.register_buffer(name, torch.as_tensor(np.ascontiguousarray(value), dtype=dtype), persistent=False)

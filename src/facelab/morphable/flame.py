@@ -133,20 +133,14 @@ class Flame(MorphableModel):
         dirs = np.concatenate([a.shapedirs[:, :, :n_shape],
                                a.shapedirs[:, :, NUM_SHAPE_TOTAL:NUM_SHAPE_TOTAL + n_expression]], axis=2)
         n_verts, n_joints = a.v_template.shape[0], len(self.parents)
-        f32 = torch.get_default_dtype()
-
-        def buf(name, x, dtype=f32, persistent=False):
-            self.register_buffer(name, torch.as_tensor(np.ascontiguousarray(x), dtype=dtype), persistent=persistent)
-
+        buf = self.register_constant
         buf("v_template", a.v_template)
         # (K + 9(J-1), 3V): identity, expression and pose-corrective blendshapes in one GEMM operand
         buf("dirs", np.concatenate([dirs, a.posedirs], axis=2).reshape(n_verts * 3, -1).T)
         buf("joint_template", a.j_regressor @ a.v_template)  # (J, 3)
         buf("joint_dirs", np.einsum("jv,vck->kjc", a.j_regressor, dirs).reshape(dirs.shape[2], n_joints * 3))
         buf("lbs_weights", a.weights)
-        buf("faces", a.faces, torch.long)
-        buf("uv", a.uv if a.uv is not None else np.zeros((0, 2)))
-        buf("faces_uv", a.faces_uv if a.faces_uv is not None else np.zeros((0, 3)), torch.long)
+        self.register_topology(a.faces, a.uv, a.faces_uv)
         # per yaw bin, the 68 landmarks: 17 contour points of that bin, then the 51 static ones
         n_bins = a.dynamic_lmk_faces.shape[0]
         buf("lmk_faces", np.concatenate([a.dynamic_lmk_faces, np.tile(a.static_lmk_faces, (n_bins, 1))], 1),

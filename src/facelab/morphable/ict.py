@@ -292,15 +292,13 @@ class IctFaceModel(MorphableModel):
 
         exp_rows = [arrays.expression_names.index(e) for e in self.expression_names]
         basis = np.concatenate([arrays.identity_deltas[: self.num_identities], arrays.expression_deltas[exp_rows]])
-        _constant(self, "v_template", arrays.neutral[keep].reshape(-1))
-        _constant(self, "shape_basis", basis[:, keep].reshape(len(basis), -1))
+        self.register_constant("v_template", arrays.neutral[keep].reshape(-1))
+        self.register_constant("shape_basis", basis[:, keep].reshape(len(basis), -1))
         landmarks = new_id[arrays.landmarks]
         if (landmarks < 0).any():
             raise AssetFormatError(f"{model_dir}: a landmark vertex lies outside the kept vertices")
-        _constant(self, "landmark_ids", landmarks, torch.long)
-        _constant(self, "faces", faces, torch.long)
-        _constant(self, "uv", uv.reshape(-1, 2))
-        _constant(self, "faces_uv", faces_uv.reshape(-1, 3), torch.long)
+        self.register_constant("landmark_ids", landmarks, torch.long)
+        self.register_topology(faces, uv, faces_uv)
         self._register_regions(len(keep))
 
     @staticmethod
@@ -372,8 +370,3 @@ class IctFaceModel(MorphableModel):
         return (f"verts={self.num_verts}, faces={self.num_faces}, num_identities={self.num_identities}, "
                 f"num_expressions={self.num_expressions}")
 
-
-def _constant(module: torch.nn.Module, name: str, value, dtype: torch.dtype = torch.float32) -> None:
-    """Register asset data as a non-persistent buffer: ``.to()`` moves and casts it, checkpoints leave it out
-    (it is rebuilt from the asset files, which are large and often licensed)."""
-    module.register_buffer(name, torch.as_tensor(np.ascontiguousarray(value), dtype=dtype), persistent=False)
