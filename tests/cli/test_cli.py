@@ -80,3 +80,23 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert "max_epochs=2` reached" in proc.stdout + proc.stderr
     ckpts = list((tmp_path / "logs").rglob("*.ckpt"))
     assert len(ckpts) == 1  # rank 0 alone writes the checkpoint
+
+
+@pytest.mark.parametrize("family,main_file", [("flame", "generic_model.pkl"), ("bfm", "BFM_model_front.mat"),
+                                              ("bilinear", "facescape_bm_v1.6_847_50_52_id_front.npz")])
+def test_assets_synthetic_writes_loadable_official_files(family, main_file, tmp_path, capsys):
+    from facelab.cli.main import main
+
+    assert main(["assets", "synthetic", "--family", family, "--out", str(tmp_path), "--size", "tiny"]) == 0
+    assert (tmp_path / main_file).is_file()
+    target = tmp_path if family == "flame" else tmp_path / main_file
+    assert main(["assets", "info", family, str(target)]) == 0
+    assert "vertices" in capsys.readouterr().out
+
+
+def test_missing_asset_is_a_clear_cli_error(tmp_path, capsys):
+    from facelab.cli.main import main
+
+    assert main(["assets", "info", "flame", str(tmp_path / "generic_model.pkl")]) == 2
+    err = capsys.readouterr().err
+    assert "FLAME model pickle not found" in err and "Traceback" not in err
