@@ -4,8 +4,8 @@ VENV ?= .venv
 EXTRAS ?= dev,data
 MEDIAPIPE := mediapipe==0.10.21
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
 .PHONY: install test test-slow lint format bench tensorboard clean
