@@ -37,6 +37,7 @@ format: install
 bench: install
 	$(VENV)/bin/facelab bench flame
 	$(VENV)/bin/facelab bench raster
+	$(VENV)/bin/facelab bench data
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir logs

@@ -1,0 +1,192 @@
+"""``MeshRenderer``: camera -> rasterizer -> albedo x shading, for a fixed mesh topology.
+
+The renderer shades only the covered pixels (packed, see :class:`facelab.render.Fragments`) and scatters them
+into the image once, so its cost follows the face's screen area.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from facelab.render.rasterize import Fragments, interpolate, interpolate_packed, rasterize
+from facelab.render.shading import DirectionalLights, lambertian, sh_coeffs_to_bands, sh_shading, vertex_normals
+
+__all__ = ["Camera", "MeshRenderer", "RenderOutput"]
+
+
+class Camera(Protocol):
+    """What the renderer needs from a camera (:mod:`facelab.render.camera`)."""
+
+    is_perspective: bool
+
+    def to_view(self, points: Tensor) -> Tensor: ...
+
+    def directions_to_view(self, directions: Tensor) -> Tensor: ...
+
+    def view_to_ndc(self, points_view: Tensor) -> Tensor: ...
+
+
+@dataclass
+class RenderOutput:
+    """What :class:`MeshRenderer` returns.
+
+    Attributes:
+        image: (B, C, H, W) albedo x shading on covered pixels, ``background`` elsewhere.
+        mask: (B, 1, H, W) float coverage (1 where a face is visible).
+        shading: (B, C_s, H, W) the shading factor alone (None when unlit); 0 on the background.
+        fragments: the rasterizer output (``pix_to_face`` indexes the renderer's ``faces``, i.e. the subset).
+        verts_ndc: (B, V, 3) projected vertices.
+    """
+
+    image: Tensor
+    mask: Tensor
+    shading: Tensor | None
+    fragments: Fragments
+    verts_ndc: Tensor
+
+
+class MeshRenderer(nn.Module):
+    """Renders meshes of one topology: projection, hard rasterization, albedo (colour or UV texture), shading.
+
+    Lighting is chosen per call: ``sh_coeffs`` -> spherical harmonics, ``lights`` -> Lambertian directional
+    lights, neither -> unlit albedo. Normals are area-weighted vertex normals of the *full* mesh (so a rendered
+    subset has no seam at its border), interpolated per pixel and renormalised, or a UV normal map.
+
+    Args:
+        faces: (F, 3) long triangles of the model.
+        image_size: ``H`` or ``(H, W)``.
+        uv: (T, 2) UV coordinates (needed for ``texture`` / ``normal_map``).
+        faces_uv: (F, 3) long per-corner indices into ``uv``.
+        face_subset: (F_s,) long indices of the faces to render (e.g. FLAME's face region); all when None.
+        backend: rasterizer backend (``"torch"`` or ``"pytorch3d"``).
+        cull_backfaces: skip back-facing triangles.
+        sh_convention: ``"deep3d"`` or ``"deca"`` (see :func:`facelab.render.shading.sh_basis`).
+        background: value of uncovered pixels.
+    """
+
+    faces: Tensor
+    faces_all: Tensor
+    face_ids: Tensor
+
+    def __init__(self, faces: Tensor, image_size: int | tuple[int, int] = 224, uv: Tensor | None = None,
+                 faces_uv: Tensor | None = None, face_subset: Tensor | None = None, backend: str = "torch",
+                 cull_backfaces: bool = False, sh_convention: str = "deep3d", background: float = 0.0):
+        super().__init__()
+        faces = torch.as_tensor(faces, dtype=torch.long)
+        face_ids = torch.arange(faces.shape[0]) if face_subset is None else torch.as_tensor(face_subset).long()
+        self.register_buffer("faces_all", faces, persistent=False)
+        self.register_buffer("face_ids", face_ids, persistent=False)
+        self.register_buffer("faces", faces[face_ids], persistent=False)
+        if uv is not None and faces_uv is not None:
+            corner_uv = torch.as_tensor(uv, dtype=torch.float32)[torch.as_tensor(faces_uv).long()[face_ids]]
+            self.register_buffer("corner_uv", corner_uv, persistent=False)  # (F_s, 3, 2)
+        else:
+            self.register_buffer("corner_uv", None, persistent=False)
+        self.image_size = image_size
+        self.backend = backend
+        self.cull_backfaces = cull_backfaces
+        self.sh_convention = sh_convention
+        self.background = background
+
+    @classmethod
+    def from_model(cls, model, region: str | None = None, **kwargs) -> MeshRenderer:
+        """A renderer for a morphable model's topology (``faces``, ``uv``, ``faces_uv`` buffers), optionally
+        restricted to the faces of one of its named vertex regions (e.g. ``region="face"`` for SMIRK).
+
+        Args:
+            model: a :class:`facelab.morphable.base.MorphableModel` (or anything with those buffers and
+                ``region_faces(name)``).
+            region: a name in ``model.regions``; all faces when None.
+            **kwargs: the other constructor arguments (``image_size``, ``backend``, ...).
+        """
+        uv = getattr(model, "uv", None)
+        has_uv = uv is not None and uv.numel() > 0
+        subset = model.region_faces(region) if region is not None else None
+        return cls(model.faces.cpu(), uv=uv.cpu() if has_uv else None,
+                   faces_uv=model.faces_uv.cpu() if has_uv else None,
+                   face_subset=None if subset is None else subset.cpu(), **kwargs)
+
+    def forward(self, verts: Tensor, camera: Camera, albedo: Tensor | float | None = None,
+                texture: Tensor | None = None, lights: DirectionalLights | None = None,
+                sh_coeffs: Tensor | None = None, normal_map: Tensor | None = None) -> RenderOutput:
+        """Render.
+
+        Args:
+            verts: (B, V, 3) vertices in the camera's world/model frame.
+            camera: a camera of :mod:`facelab.render.camera` with batch ``B``.
+            albedo: per-vertex (B, V, C) or (V, C), constant (C,) or a float; 1 when None and no texture.
+            texture: (B, C, Ht, Wt) UV albedo texture (needs ``uv``/``faces_uv``); overrides ``albedo``.
+            lights: directional lights, directions in the view frame.
+            sh_coeffs: (B, 27) or (B, 9, C) spherical-harmonics coefficients (takes precedence over lights).
+            normal_map: (B, 3, Ht, Wt) UV map of unit normals in the model frame (detail normals).
+
+        Returns:
+            :class:`RenderOutput`.
+        """
+        verts_view = camera.to_view(verts)
+        verts_ndc = camera.view_to_ndc(verts_view)
+        frags = rasterize(verts_ndc, self.faces, self.image_size, backend=self.backend,
+                          cull_backfaces=self.cull_backfaces, perspective_correct=camera.is_perspective)
+        color = self._albedo(albedo, texture, frags, verts)
+        shading = None
+        if sh_coeffs is not None or lights is not None:
+            normals = self._normals(verts_view, camera, frags, normal_map)
+            shading = self._shade(normals, frags, lights, sh_coeffs)
+            color = color * shading
+        image = frags.unpack(color, self.background).permute(0, 3, 1, 2)
+        mask = frags.mask.unsqueeze(1).to(image.dtype)
+        shading_img = None if shading is None else frags.unpack(shading).permute(0, 3, 1, 2)
+        return RenderOutput(image=image, mask=mask, shading=shading_img, fragments=frags, verts_ndc=verts_ndc)
+
+    def _uv_image(self, frags: Fragments, dtype: torch.dtype) -> Tensor:
+        if self.corner_uv is None:
+            raise ValueError("texture / normal_map rendering needs the renderer built with uv and faces_uv")
+        return interpolate(self.corner_uv.to(dtype), frags, per_corner=True)  # (B, H, W, 2)
+
+    def _albedo(self, albedo, texture: Tensor | None, frags: Fragments, verts: Tensor) -> Tensor:
+        """(M, C) albedo of the covered pixels."""
+        if texture is not None:
+            from facelab.uv.texture import sample_texture
+
+            sampled = sample_texture(texture, self._uv_image(frags, texture.dtype))  # (B, C, H, W)
+            return sampled.permute(0, 2, 3, 1).reshape(-1, texture.shape[1])[frags.pix_idx]
+        if albedo is None:
+            albedo = 1.0
+        albedo = torch.as_tensor(albedo, dtype=verts.dtype, device=verts.device)
+        if albedo.dim() <= 1:
+            return albedo.reshape(1, -1).expand(frags.pix_idx.shape[0], -1)
+        return interpolate_packed(albedo, frags, per_corner=False)
+
+    def _normals(self, verts_view: Tensor, camera: Camera, frags: Fragments, normal_map: Tensor | None) -> Tensor:
+        """(M, 3) unit shading normals of the covered pixels, view frame."""
+        if normal_map is not None:
+            from facelab.uv.texture import sample_texture
+
+            sampled = sample_texture(normal_map, self._uv_image(frags, normal_map.dtype))  # (B, 3, H, W)
+            n_img = camera.directions_to_view(sampled.permute(0, 2, 3, 1).flatten(1, 2))  # (B, H*W, 3)
+            normals = n_img.reshape(-1, 3)[frags.pix_idx]
+        else:
+            normals = interpolate_packed(vertex_normals(verts_view, self.faces_all), frags, per_corner=False)
+        return F.normalize(normals, dim=-1, eps=1e-12)
+
+    def _shade(self, normals: Tensor, frags: Fragments, lights: DirectionalLights | None,
+               sh_coeffs: Tensor | None) -> Tensor:
+        """(M, C) shading of the covered pixels; per-image lighting is gathered per pixel."""
+        if sh_coeffs is not None:
+            bands = sh_coeffs_to_bands(sh_coeffs, self.sh_convention)  # (B, 9, C)
+            return sh_shading(normals, bands[frags.batch_idx], self.sh_convention)
+        dirs, ints = lights.directions.to(normals), lights.intensities.to(normals)
+        if dirs.dim() == 3:
+            dirs = dirs[frags.batch_idx]
+        if ints.dim() == 3:
+            ints = ints[frags.batch_idx]
+        return lambertian(normals, dirs, ints)
+
+    def extra_repr(self) -> str:
+        return (f"faces={self.faces.shape[0]}/{self.faces_all.shape[0]}, image_size={self.image_size}, "
+                f"backend={self.backend!r}, cull_backfaces={self.cull_backfaces}")

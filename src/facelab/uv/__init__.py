@@ -1,0 +1,27 @@
+"""UV tools: UV attribute/position/normal maps, texture sampling and unwrapping, displacement maps, subdivision.
+
+UV conventions (v up; row 0 of a UV map is v = 1; texel centres) are documented in :mod:`facelab.uv.maps`.
+"""
+
+from facelab.uv.displacement import DisplacementMapper, displace_along_normals, displacement_to_normal_map
+from facelab.uv.maps import UVMapper, dilate_uv_map, rasterize_uv, sample_at_vertices, uv_to_grid, vertex_uv_pairs
+from facelab.uv.subdivide import MeshSubdivider, Subdivision, subdivide_topology
+from facelab.uv.texture import UnwrappedTexture, sample_texture, unwrap_texture
+
+__all__ = [
+    "DisplacementMapper",
+    "MeshSubdivider",
+    "Subdivision",
+    "UVMapper",
+    "UnwrappedTexture",
+    "dilate_uv_map",
+    "displace_along_normals",
+    "displacement_to_normal_map",
+    "rasterize_uv",
+    "sample_at_vertices",
+    "sample_texture",
+    "subdivide_topology",
+    "unwrap_texture",
+    "uv_to_grid",
+    "vertex_uv_pairs",
+]
