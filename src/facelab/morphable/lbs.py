@@ -20,28 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# skew(r) = r @ _SKEW_BASIS viewed as (3, 3): [[0, -z, y], [z, 0, -x], [-y, x, 0]]
-_SKEW_BASIS = torch.tensor([[0, 0, 0, 0, 0, -1, 0, 1, 0], [0, 0, 1, 0, 0, 0, -1, 0, 0], [0, -1, 0, 1, 0, 0, 0, 0, 0]])
-
-
-def axis_angle_to_matrix(rot_vecs: Tensor) -> Tensor:
-    """Rodrigues' formula R = I + sin(θ)/θ K + (1 - cos θ)/θ² K², smooth at zero (Taylor series near θ = 0).
-
-    Args:
-        rot_vecs: (..., 3) axis-angle vectors (radians).
-
-    Returns:
-        (..., 3, 3) rotation matrices.
-    """
-    theta2 = (rot_vecs * rot_vecs).sum(-1, keepdim=True).unsqueeze(-1)  # (..., 1, 1)
-    small = theta2 < 1e-8
-    safe2 = torch.where(small, torch.ones_like(theta2), theta2)
-    theta = safe2.sqrt()
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / safe2)
-    skew = (rot_vecs @ _SKEW_BASIS.to(rot_vecs)).unflatten(-1, (3, 3))
-    eye = torch.eye(3, dtype=rot_vecs.dtype, device=rot_vecs.device)
-    return torch.addcmul(torch.addcmul(eye, a, skew), b, skew @ skew)
+from facelab.rotations import axis_angle_to_matrix
 
 
 def rigid_chain(rot_mats: Tensor, joints: Tensor, parents: tuple[int, ...]) -> tuple[Tensor, Tensor]:

@@ -32,12 +32,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from kornia.geometry.conversions import (
-    axis_angle_to_rotation_matrix,
-    quaternion_from_euler,
-    quaternion_to_rotation_matrix,
-)
 from torch import Tensor
+
+from facelab.rotations import axis_angle_to_matrix, euler_to_matrix
 
 __all__ = [
     "PerspectiveCamera",
@@ -58,38 +55,6 @@ def _as_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
         return image_size, image_size
     h, w = image_size
     return int(h), int(w)
-
-
-def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
-    """Rotation matrices from axis-angle vectors (kornia's Rodrigues).
-
-    Args:
-        axis_angle: (..., 3) rotation axis times angle in radians.
-
-    Returns:
-        (..., 3, 3) rotation matrices, applied as ``R @ p``.
-    """
-    shape = axis_angle.shape[:-1]
-    return axis_angle_to_rotation_matrix(axis_angle.reshape(-1, 3)).reshape(*shape, 3, 3)
-
-
-def euler_to_matrix(angles: Tensor) -> Tensor:
-    """Rotation matrices from Euler angles ``(x, y, z)`` = (pitch about x, yaw about y, roll about z), radians.
-
-    The rotation applies x first, then y, then z: ``R = Rz(az) @ Ry(ay) @ Rx(ax)``, which is Deep3DFaceRecon's
-    ``compute_rotation`` (its ``face_shape @ rot`` equals ``R @ p`` with this ``R``). Uses kornia's
-    ``quaternion_from_euler`` (roll = x, pitch = y, yaw = z).
-
-    Args:
-        angles: (..., 3) angles about x, y and z in radians.
-
-    Returns:
-        (..., 3, 3) rotation matrices.
-    """
-    shape = angles.shape[:-1]
-    flat = angles.reshape(-1, 3)
-    quat = torch.stack(quaternion_from_euler(flat[:, 0], flat[:, 1], flat[:, 2]), dim=-1)  # (N, 4) w, x, y, z
-    return quaternion_to_rotation_matrix(quat).reshape(*shape, 3, 3)
 
 
 def ndc_to_pixels(xy_ndc: Tensor, image_size: int | tuple[int, int]) -> Tensor:
