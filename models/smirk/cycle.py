@@ -1,0 +1,334 @@
+"""SMIRK's augmented expression cycle path: new expressions for the generator to render and the encoder to re-read.
+
+Recipe: ``shared/docs/smirk_reference.md`` ("Augmented expression cycle path"); supplementary §1.2 (transfer
+pixels, re-exported here from :mod:`smirk.masking`), §1.4 (template injection from FaMoS fits) and §3.2, Table 3
+(each augmentation group helps). The batch of (detached) estimates is split into equal groups:
+
+1. random: ``exp += randn * (1 + 2u) * Bernoulli(0.5)``, clamp to [-4, 4], ``+ 0.2u' * randn``;
+2. permutation: ``exp <- exp[randperm] * (0.25 + 1.25u) + 0.2u' * randn``;
+3. template injection: ``exp <- template * (0.25 + 1.25u) + 0.2u' * randn``;
+4. zero: ``exp = 0.2u * randn``, ``jaw = 0``, ``eyelids ~ U(0, 1)``.
+
+Every sample then gets, with p = 0.5, ``jaw += randn * 0.2 * [1, 0.1, 0.1]`` (``jaw[0]`` clamped to [0, 0.5]) and
+``eyelids += U(-0.25, 0.25)`` clamped to [0, 1]; the zero group's jaw and eyelids are set after that, as in the
+public code. ``u`` and ``u'`` are independent per-sample U(0, 1) draws.
+
+Shapes: ``B`` batch, ``E`` expression components (50), ``T`` template rows. Every random draw takes a
+``torch.Generator`` (on the tensors' device; None = the global RNG).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from facelab.errors import AssetFormatError, MissingAssetError
+from smirk.masking import transfer_pixels
+
+__all__ = [
+    "AUGMENTATION_GROUPS",
+    "FAMOS_TEMPLATE_NAMES",
+    "CycleAugmentation",
+    "ExpressionTemplates",
+    "augment_expressions",
+    "build_templates",
+    "jitter_eyelids",
+    "jitter_jaw",
+    "permute_expression",
+    "random_expression",
+    "template_expression",
+    "transfer_pixels",
+    "zero_expression",
+]
+
+
+#: The cycle path's augmentation groups, in the order of the paper.
+AUGMENTATION_GROUPS = ("random", "permutation", "template", "zero")
+#: The 12 FaMoS sequences SMIRK fitted its templates to (supplementary §1.4).
+FAMOS_TEMPLATE_NAMES = ("lips_back", "rolling_lips", "mouth_side", "kissing", "high_smile", "mouth_up",
+                        "mouth_middle", "mouth_down", "blow_cheeks", "cheeks_in", "jaw", "lips_up")
+
+
+def _rand(n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """(n, 1) per-sample U(0, 1)."""
+    return torch.rand(n, 1, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _small_noise(expression: Tensor, generator: torch.Generator | None, amplitude: float = 0.2) -> Tensor:
+    """``amplitude * u * randn`` with a per-sample ``u ~ U(0, 1)``: the extra noise every group adds."""
+    return amplitude * _rand(expression.shape[0], expression, generator) * _randn(expression, generator)
+
+
+def random_expression(expression: Tensor, generator: torch.Generator | None = None, limit: float = 4.0) -> Tensor:
+    """Group 1: perturb about half the coefficients strongly.
+
+    ``clamp(exp + randn * (1 + 2u) * Bernoulli(0.5), -limit, limit) + 0.2u' * randn``.
+
+    Args:
+        expression: (B, E) detached estimates.
+
+    Returns:
+        (B, E) new expressions.
+    """
+    b = expression.shape[0]
+    keep = torch.rand(expression.shape, generator=generator, device=expression.device) < 0.5
+    step = _randn(expression, generator) * (1 + 2 * _rand(b, expression, generator)) * keep.to(expression.dtype)
+    return (expression + step).clamp(-limit, limit) + _small_noise(expression, generator)
+
+
+def permute_expression(expression: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Group 2: another sample's expression, rescaled: ``exp[randperm] * (0.25 + 1.25u) + 0.2u' * randn``.
+
+    Args:
+        expression: (B, E).
+
+    Returns:
+        (B, E).
+    """
+    b = expression.shape[0]
+    perm = torch.randperm(b, generator=generator, device=expression.device)
+    scale = 0.25 + 1.25 * _rand(b, expression, generator)
+    return expression[perm] * scale + _small_noise(expression, generator)
+
+
+def template_expression(templates: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Group 3: template injection, ``template[random] * (0.25 + 1.25u) + 0.2u' * randn`` (supplementary §1.4).
+
+    Args:
+        templates: (T, E) template expressions (see :class:`ExpressionTemplates`).
+        n: samples to draw.
+
+    Returns:
+        (n, E).
+    """
+    idx = torch.randint(templates.shape[0], (n,), generator=generator, device=templates.device)
+    chosen = templates[idx]
+    return chosen * (0.25 + 1.25 * _rand(n, chosen, generator)) + _small_noise(chosen, generator)
+
+
+def zero_expression(expression: Tensor, eyelids: Tensor, generator: torch.Generator | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """Group 4: a near-neutral face with free eyelids: ``exp = 0.2u * randn``, ``jaw = 0``, ``eyelids ~ U(0, 1)``.
+
+    Args:
+        expression: (B, E) (only its shape, device and dtype are used).
+        eyelids: (B, 2) likewise.
+
+    Returns:
+        ``(expression (B, E), jaw (B, 3), eyelids (B, 2))``.
+    """
+    jaw = expression.new_zeros(expression.shape[0], 3)
+    lids = torch.rand(eyelids.shape, generator=generator, device=eyelids.device, dtype=eyelids.dtype)
+    return _small_noise(expression, generator), jaw, lids
+
+
+def jitter_jaw(jaw: Tensor, generator: torch.Generator | None = None, p: float = 0.5, std: float = 0.2,
+               max_open: float = 0.5) -> Tensor:
+    """With probability ``p`` per sample, ``jaw += randn * std * [1, 0.1, 0.1]``; then ``jaw[0]`` in [0, max_open].
+
+    Args:
+        jaw: (B, 3) axis-angle (``jaw[0]`` = opening).
+
+    Returns:
+        (B, 3).
+    """
+    on = (torch.rand(jaw.shape[0], 1, generator=generator, device=jaw.device) < p).to(jaw.dtype)
+    axis_scale = jaw.new_tensor([1.0, 0.1, 0.1])
+    out = jaw + _randn(jaw, generator) * std * axis_scale * on
+    return torch.cat([out[:, :1].clamp(0.0, max_open), out[:, 1:]], dim=1)
+
+
+def jitter_eyelids(eyelids: Tensor, generator: torch.Generator | None = None, amplitude: float = 0.25) -> Tensor:
+    """``clamp(eyelids + U(-amplitude, amplitude), 0, 1)``. (B, 2) -> (B, 2)."""
+    noise = torch.rand(eyelids.shape, generator=generator, device=eyelids.device, dtype=eyelids.dtype)
+    return (eyelids + (2 * noise - 1) * amplitude).clamp(0.0, 1.0)
+
+
+@dataclass
+class CycleAugmentation:
+    """What :func:`augment_expressions` returns.
+
+    Attributes:
+        expression: (B, E) augmented expressions.
+        jaw_pose: (B, 3) augmented jaw.
+        eyelids: (B, 2) augmented eyelids in [0, 1].
+        group: (B,) long index into the ``groups`` that produced each sample.
+    """
+
+    expression: Tensor
+    jaw_pose: Tensor
+    eyelids: Tensor
+    group: Tensor
+
+
+def augment_expressions(expression: Tensor, jaw_pose: Tensor, eyelids: Tensor, templates: Tensor | None = None,
+                        generator: torch.Generator | None = None,
+                        groups: Sequence[str] = AUGMENTATION_GROUPS) -> CycleAugmentation:
+    """Split the batch into equal random groups and augment each (module docstring; reference "cycle path").
+
+    Args:
+        expression: (B, E) estimates (detached inside).
+        jaw_pose: (B, 3). eyelids: (B, 2).
+        templates: (T, E') template expressions (truncated/zero-padded to E); required when ``"template"`` is in
+            ``groups``.
+        generator: random source.
+        groups: which augmentations to use (subsets express the ablations of supplementary Table 3).
+
+    Returns:
+        :class:`CycleAugmentation`; group ``k`` holds ``B // len(groups)`` or one more samples.
+    """
+    unknown = sorted(set(groups) - set(AUGMENTATION_GROUPS))
+    if unknown or not groups:
+        raise ValueError(f"groups must be a non-empty subset of {AUGMENTATION_GROUPS}, got {list(groups)}")
+    if "template" in groups and (templates is None or templates.shape[0] == 0):
+        raise ValueError("the 'template' group needs expression templates (ExpressionTemplates.load(path)); "
+                         "without them, leave 'template' out of groups")
+    b = expression.shape[0]
+    exp, jaw, lids = expression.detach().clone(), jaw_pose.detach().clone(), eyelids.detach().clone()
+    order = torch.randperm(b, generator=generator, device=exp.device)
+    group = torch.empty(b, dtype=torch.long, device=exp.device)
+    chunks = torch.tensor_split(order, len(groups))
+    for k, ids in enumerate(chunks):
+        group[ids] = k
+    for name, ids in zip(groups, chunks):
+        if ids.numel() == 0:
+            continue
+        if name == "random":
+            exp[ids] = random_expression(exp[ids], generator)
+        elif name == "permutation":
+            exp[ids] = permute_expression(exp[ids], generator)
+        elif name == "template":
+            exp[ids] = template_expression(_fit_components(templates.to(exp), exp.shape[1]), ids.numel(), generator)
+    jaw, lids = jitter_jaw(jaw, generator), jitter_eyelids(lids, generator)
+    if "zero" in groups:
+        ids = chunks[list(groups).index("zero")]
+        exp[ids], jaw[ids], lids[ids] = zero_expression(exp[ids], lids[ids], generator)
+    return CycleAugmentation(expression=exp, jaw_pose=jaw, eyelids=lids, group=group)
+
+
+def _fit_components(templates: Tensor, n: int) -> Tensor:
+    """(T, E') -> (T, n): truncated, or zero-padded (FLAME's later components are the weaker ones)."""
+    if templates.shape[1] >= n:
+        return templates[:, :n]
+    return torch.nn.functional.pad(templates, (0, n - templates.shape[1]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Expression templates
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExpressionTemplates:
+    """Named FLAME expression templates for the template-injection group (supplementary §1.4).
+
+    SMIRK fitted FLAME to 12 FaMoS sequences of 70 subjects; those fits are not public here, so build the file
+    from your own fits with :func:`build_templates` and :meth:`save`. File format (``.npz``, no pickles):
+    ``expression`` (T, E) float32, ``jaw`` (T, 3), ``eyelids`` (T, 2), ``labels`` (T,) int64 index into
+    ``names`` (K,) unicode.
+
+    Attributes:
+        names: the K template classes.
+        labels: (T,) long class of each row.
+        expression: (T, E). jaw: (T, 3). eyelids: (T, 2).
+    """
+
+    names: tuple[str, ...]
+    labels: Tensor
+    expression: Tensor
+    jaw: Tensor
+    eyelids: Tensor
+
+    def __len__(self) -> int:
+        return int(self.expression.shape[0])
+
+    def expressions(self, n_expression: int | None = None) -> Tensor:
+        """(T, n_expression) template expressions, truncated or zero-padded to the model's component count."""
+        return self.expression if n_expression is None else _fit_components(self.expression, n_expression)
+
+    def of(self, name: str) -> Tensor:
+        """(T_name, E) the rows of one class."""
+        if name not in self.names:
+            raise KeyError(f"no template '{name}'; have {list(self.names)}")
+        return self.expression[self.labels == self.names.index(name)]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the ``.npz`` described in the class docstring."""
+        np.savez(Path(path), names=np.array(self.names, dtype=np.str_), labels=self.labels.numpy().astype(np.int64),
+                 expression=self.expression.numpy().astype(np.float32), jaw=self.jaw.numpy().astype(np.float32),
+                 eyelids=self.eyelids.numpy().astype(np.float32))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, config_key: str | None = None) -> ExpressionTemplates:
+        """Read a file written by :meth:`save` (``allow_pickle=False``).
+
+        Raises:
+            MissingAssetError: no such file (says how to build one).
+            AssetFormatError: keys or shapes are wrong.
+        """
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise MissingAssetError(
+                f"SMIRK expression templates not found: {p}" + (f"\n  set by: {config_key}" if config_key else "")
+                + "\n  build them from your own FLAME fits (e.g. FaMoS sequences, supplementary §1.4): "
+                "smirk.cycle.build_templates({name: (K, E) expressions}).save(path); or drop the 'template' "
+                "augmentation group")
+        with np.load(p, allow_pickle=False) as data:
+            missing = {"names", "labels", "expression", "jaw", "eyelids"} - set(data.files)
+            if missing:
+                raise AssetFormatError(f"{p}: missing arrays {sorted(missing)}")
+            t = data["expression"].shape[0]
+            if data["jaw"].shape != (t, 3) or data["eyelids"].shape != (t, 2) or data["labels"].shape != (t,):
+                raise AssetFormatError(f"{p}: jaw must be ({t}, 3), eyelids ({t}, 2), labels ({t},)")
+            return cls(names=tuple(str(n) for n in data["names"]), labels=torch.from_numpy(data["labels"]).long(),
+                       expression=torch.from_numpy(data["expression"]).float(),
+                       jaw=torch.from_numpy(data["jaw"]).float(), eyelids=torch.from_numpy(data["eyelids"]).float())
+
+
+def build_templates(expressions: Mapping[str, Tensor], jaw: Mapping[str, Tensor] | None = None,
+                    eyelids: Mapping[str, Tensor] | None = None) -> ExpressionTemplates:
+    """Collect named expression fits into :class:`ExpressionTemplates`.
+
+    Args:
+        expressions: class name -> (E,) or (K, E) fitted expression vectors (e.g. one row per fitted frame).
+        jaw: class name -> (3,) or (K, 3) jaw poses of the same rows; zeros where absent.
+        eyelids: class name -> (2,) or (K, 2); zeros where absent.
+
+    Returns:
+        The templates, rows grouped by class in the order of ``expressions``.
+    """
+    if not expressions:
+        raise ValueError("no expressions given")
+    names, labels, exp_rows, jaw_rows, lid_rows = [], [], [], [], []
+    n_exp = None
+    for k, (name, value) in enumerate(expressions.items()):
+        rows = torch.as_tensor(value, dtype=torch.float32).reshape(-1, torch.as_tensor(value).shape[-1])
+        n_exp = n_exp or rows.shape[1]
+        if rows.shape[1] != n_exp:
+            raise ValueError(f"template '{name}' has {rows.shape[1]} components, others {n_exp}")
+        names.append(name)
+        labels.append(torch.full((rows.shape[0],), k, dtype=torch.long))
+        exp_rows.append(rows)
+        jaw_rows.append(_rows_like(jaw, name, rows.shape[0], 3))
+        lid_rows.append(_rows_like(eyelids, name, rows.shape[0], 2))
+    return ExpressionTemplates(names=tuple(names), labels=torch.cat(labels), expression=torch.cat(exp_rows),
+                               jaw=torch.cat(jaw_rows), eyelids=torch.cat(lid_rows))
+
+
+def _rows_like(values: Mapping[str, Tensor] | None, name: str, n: int, dim: int) -> Tensor:
+    if values is None or name not in values:
+        return torch.zeros(n, dim)
+    rows = torch.as_tensor(values[name], dtype=torch.float32).reshape(-1, dim)
+    if rows.shape[0] != n:
+        raise ValueError(f"template '{name}': {rows.shape[0]} rows of {dim}-vectors for {n} expression rows")
+    return rows

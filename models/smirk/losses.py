@@ -1,0 +1,424 @@
+"""SMIRK's loss terms, each a small function or module (weights live in the recipe, not here).
+
+Recipe: ``shared/docs/smirk_reference.md`` ("Losses and weights", "Augmented expression cycle path"); supplementary
+§1.3 (structural identity loss), §1.6 (weights, landmarks: mediapipe interior + FAN contour, MICA shape teacher),
+§3.4 (emotion loss). Shapes: ``B`` batch, ``L`` landmarks, ``E`` expression components, ``H, W`` image size.
+
+Frozen feature networks (:class:`VGGPerceptualLoss`, :class:`EmotionFeatureLoss`, :class:`MicaShapeTeacher`) load
+local weights only; they stay in eval mode with ``requires_grad=False`` parameters (so optimizers built from
+``module.parameters()`` with a ``requires_grad`` filter skip them) and pass gradients to their *inputs*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import zipfile
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from facelab.errors import AssetFormatError
+from facelab.io.assets import require_file
+from smirk.networks import SmirkEncoding
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CycleLoss",
+    "EmotionFeatureLoss",
+    "MicaShapeTeacher",
+    "VGGPerceptualLoss",
+    "cycle_loss",
+    "expression_regularization",
+    "fan_contour_landmark_loss",
+    "jaw_regularization",
+    "landmark_loss",
+    "reconstruction_loss",
+    "structural_identity_loss",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Index of each tapped ReLU in ``torchvision.models.vgg16().features``.
+VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Geometry and regularization terms
+# --------------------------------------------------------------------------------------------------------------
+
+
+def landmark_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Mean squared landmark error in normalized [-1, 1] crop coordinates (reference "Losses": landmarks).
+
+    ``sum_{valid b, l, c} (pred - target)^2 / (#valid * 2)``; both in the same frame (e.g. NDC of
+    :mod:`facelab.render.camera`, or pixels mapped with :func:`facelab.render.pixels_to_ndc`).
+
+    Args:
+        pred: (B, L, 2+) predicted landmarks (only x, y are used).
+        target: (B, L, 2+) detected landmarks.
+        valid: (B,) or (B, L) bool, which samples/landmarks have a detection; None: all.
+
+    Returns:
+        Scalar; 0 (still attached to ``pred``) when nothing is valid.
+    """
+    diff = (pred[..., :2] - target[..., :2].to(pred)) ** 2  # (B, L, 2)
+    if valid is None:
+        return diff.mean()
+    weight = valid.to(pred.dtype)
+    weight = weight[:, None].expand(diff.shape[:2]) if weight.dim() == 1 else weight
+    return (diff * weight[..., None]).sum() / (2 * weight.sum()).clamp(min=1.0)
+
+
+def fan_contour_landmark_loss(pred68: Tensor, target68: Tensor, valid: Tensor | None = None) -> Tensor:
+    """:func:`landmark_loss` on the 17 jaw-contour points (iBUG 0-16) of the FAN 68 landmarks.
+
+    SMIRK uses mediapipe for the face interior and FAN only for the boundary (supplementary §1.6), and skips
+    images without FAN landmarks.
+
+    Args:
+        pred68: (B, 68, 2+). target68: (B, 68, 2+). valid: (B,) bool, images with FAN landmarks; None: all.
+    """
+    return landmark_loss(pred68[:, :17], target68[:, :17], valid)
+
+
+def expression_regularization(expression: Tensor, reference: Tensor | None = None) -> Tensor:
+    """``mean((exp - ref)^2)``, ``ref = 0`` by default (reference "Losses": expression regularization).
+
+    Args:
+        expression: (B, E). reference: (B, E) or None.
+    """
+    return (expression if reference is None else expression - reference).pow(2).mean()
+
+
+def jaw_regularization(jaw_pose: Tensor, reference: Tensor | None = None) -> Tensor:
+    """``mean((jaw - ref)^2)``, ``ref = 0`` by default (reference "Losses": jaw regularization). jaw: (B, 3)."""
+    return (jaw_pose if reference is None else jaw_pose - reference).pow(2).mean()
+
+
+def reconstruction_loss(generated: Tensor, image: Tensor) -> Tensor:
+    """Photometric L1, ``mean |generated - image|`` over all pixels and channels. (B, 3, H, W) each."""
+    return F.l1_loss(generated, image)
+
+
+def cycle_loss(pred: SmirkEncoding, target: SmirkEncoding, expression_weight: float = 1.0, jaw_weight: float = 10.0,
+               eyelid_weight: float = 10.0, shape_weight: float = 0.0) -> Tensor:
+    """Cycle consistency of the re-estimated parameters (reference "cycle path"):
+    ``w_e MSE(exp) + w_j MSE(jaw) + w_l MSE(eyelids) + w_s MSE(shape)``.
+
+    Args:
+        pred: the encoder's estimates on the generated images.
+        target: the augmented parameters the generator rendered (detached inside).
+        expression_weight, jaw_weight, eyelid_weight: 1, 10, 10 in SMIRK.
+        shape_weight: 1 on generator steps (the shape must survive translation), 0 otherwise.
+    """
+    loss = expression_weight * F.mse_loss(pred.expression, target.expression.detach())
+    loss = loss + jaw_weight * F.mse_loss(pred.jaw_pose, target.jaw_pose.detach())
+    loss = loss + eyelid_weight * F.mse_loss(pred.eyelids, target.eyelids.detach())
+    if shape_weight:
+        loss = loss + shape_weight * F.mse_loss(pred.shape, target.shape.detach())
+    return loss
+
+
+class CycleLoss(nn.Module):
+    """Module form of :func:`cycle_loss` holding its weights.
+
+    Args:
+        expression_weight: 1.0. jaw_weight: 10.0. eyelid_weight: 10.0.
+        shape_weight: weight of the shape term when ``include_shape`` (generator steps): 1.0.
+    """
+
+    def __init__(self, expression_weight: float = 1.0, jaw_weight: float = 10.0, eyelid_weight: float = 10.0,
+                 shape_weight: float = 1.0) -> None:
+        super().__init__()
+        self.expression_weight, self.jaw_weight = expression_weight, jaw_weight
+        self.eyelid_weight, self.shape_weight = eyelid_weight, shape_weight
+
+    def forward(self, pred: SmirkEncoding, target: SmirkEncoding, include_shape: bool = False) -> Tensor:
+        return cycle_loss(pred, target, self.expression_weight, self.jaw_weight, self.eyelid_weight,
+                          self.shape_weight if include_shape else 0.0)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def structural_identity_loss(shape_encoder: nn.Module, generated: Tensor, image: Tensor) -> Tensor:
+    """L2 between a frozen shape encoder's outputs on the generated and the input image (supplementary §1.3).
+
+    ``mean((E_beta(generated) - E_beta(image))^2)``. The encoder runs in eval mode with detached parameters, so
+    the gradient reaches only ``generated`` (the loss trains the translator, never the encoder), whatever the
+    encoder's ``requires_grad`` flags.
+
+    Args:
+        shape_encoder: maps (B, 3, H, W) -> (B, n_shape) (e.g. :class:`smirk.networks.ShapeEncoder`).
+        generated: (B, 3, H, W) translator output.
+        image: (B, 3, H, W) input image.
+    """
+    params = {name: p.detach() for name, p in shape_encoder.named_parameters()}
+    with _eval_mode(shape_encoder):
+        pred = functional_call(shape_encoder, params, (generated,))
+        with torch.no_grad():
+            target = shape_encoder(image)
+    return F.mse_loss(pred, target)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Frozen feature networks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _load_weights_file(path: str | os.PathLike, what: str, config_key: str) -> dict[str, Tensor]:
+    file = require_file(path, what=what, config_key=config_key, family="weights")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # Lightning checkpoints
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise AssetFormatError(f"{file}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    return state
+
+
+def _load_strict(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise AssetFormatError(f"{source} does not fit {type(module).__name__}: {len(missing)} missing keys "
+                               f"{missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}, "
+                               f"{len(wrong)} shape mismatches {wrong[:8]}")
+    module.load_state_dict(state, strict=True)
+
+
+class _FrozenNetwork(nn.Module):
+    """Base of the frozen feature networks: eval mode forever, parameters without gradients."""
+
+    def freeze(self) -> None:
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> _FrozenNetwork:
+        self.training = False
+        for child in self.children():
+            try:
+                child.train(False)
+            except NotImplementedError:  # a torch.export module: its mode was fixed when it was exported
+                pass
+        return self
+
+
+def _check_random(weights_path: str | None, allow_random: bool, what: str, config_key: str) -> None:
+    if weights_path is None and not allow_random:
+        raise ValueError(f"{what}: {config_key} is None; give the local weights file (nothing is downloaded), or "
+                         "allow_random=True for tests (random features make the loss meaningless)")
+    if weights_path is None:
+        log.warning("%s uses RANDOM weights (allow_random=True): only for tests", what)
+
+
+#: torchvision's VGG16 ("D") convolution widths, "M" = 2x2 max-pool.
+_VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16_features(last_index: int) -> nn.Sequential:
+    """``torchvision.models.vgg16().features[: last_index + 1]`` with the same layer indices (so torchvision's
+    ``features.<i>.*`` keys load), built without the 120 M-parameter classifier and with non-inplace ReLUs (tapped
+    activations must not be overwritten)."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for item in _VGG16_CONFIG:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(channels, item, 3, padding=1), nn.ReLU(inplace=False)]
+            channels = item
+    return nn.Sequential(*layers[: last_index + 1])
+
+
+class VGGPerceptualLoss(_FrozenNetwork):
+    """L1 between VGG16 features (relu1_2, relu2_2, relu3_3, relu4_3) of two images (reference "Losses").
+
+    Inputs are [0, 1] images, ImageNet-normalized inside (the public SMIRK code mis-scales them). The target's
+    features carry no gradient.
+
+    Args:
+        weights_path: torchvision's ``vgg16`` state dict (``vgg16-397923af.pth``; only ``features.*`` up to
+            relu4_3 is used, the classifier keys are ignored).
+        allow_random: permit ``weights_path=None`` (random weights; tests only).
+        layers: tapped layers, a subset of :data:`VGG16_LAYERS`.
+        layer_weights: weight of each entry of ``layers`` (default 1 each).
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, weights_path: str | None = None, allow_random: bool = False,
+                 layers: Sequence[str] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
+                 layer_weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        _check_random(weights_path, allow_random, "VGGPerceptualLoss", "weights_path")
+        unknown = sorted(set(layers) - set(VGG16_LAYERS))
+        if unknown:
+            raise ValueError(f"unknown VGG16 layers {unknown}; choose from {list(VGG16_LAYERS)}")
+        weights = list(layer_weights) if layer_weights is not None else [1.0] * len(layers)
+        if len(weights) != len(layers):
+            raise ValueError(f"{len(weights)} layer weights for {len(layers)} layers")
+        tapped = sorted(zip((VGG16_LAYERS[name] for name in layers), weights))  # network order
+        self.taps = [index for index, _ in tapped]
+        self.layer_weights = [weight for _, weight in tapped]
+        state = None
+        if weights_path is not None:  # read first: a missing file fails before any network is built
+            state = _load_weights_file(weights_path, "VGG16 weights (torchvision state dict)", "weights_path")
+        features = vgg16_features(self.taps[-1])
+        if state is not None:
+            prefix = "features."
+            sub = {k[len(prefix):]: v for k, v in state.items()
+                   if k.startswith(prefix) and int(k[len(prefix):].split(".")[0]) <= self.taps[-1]}
+            _load_strict(features, sub, str(weights_path))
+        self.features = features
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.freeze()
+
+    def feature_maps(self, image: Tensor) -> list[Tensor]:
+        """(B, 3, H, W) in [0, 1] -> the tapped activations."""
+        x = (image - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+    def forward(self, generated: Tensor, target: Tensor) -> Tensor:
+        """``sum_l w_l mean |phi_l(generated) - phi_l(target)|``. Both (B, 3, H, W) in [0, 1]."""
+        with torch.no_grad():
+            target_feats = self.feature_maps(target)
+        gen_feats = self.feature_maps(generated)
+        return sum(w * F.l1_loss(g, t) for w, g, t in zip(self.layer_weights, gen_feats, target_feats))
+
+
+class EmotionFeatureLoss(_FrozenNetwork):
+    """L2 between emotion-recognition features of the generated and the input image (supplementary §3.4; EMOCA).
+
+    The feature network is a ResNet-50 (torchvision layout, no ``fc``): the 2048-d globally pooled features, as
+    in EMOCA's emotion-recognition backbone. Loss: ``mean_b mean_k (f(gen) - f(img))^2``. The recipe freezes the
+    generator for this term (reference: "generator frozen for it").
+
+    Args:
+        weights_path: a state dict in torchvision ResNet-50 layout, or a checkpoint whose ``state_dict`` holds
+            one under ``key_prefix`` (EMOCA: ``"backbone."``); keys outside the prefix and ``fc.*`` are ignored.
+        allow_random: permit ``weights_path=None`` (random weights; tests only).
+        key_prefix: prefix of the ResNet keys in the file ("" for a plain torchvision state dict).
+        input_mean, input_std: per-channel normalization applied to [0, 1] inputs; None leaves them in [0, 1]
+            (set ImageNet statistics for an ImageNet-style torchvision model).
+        input_size: resize inputs to this square size first (None: as given).
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, weights_path: str | None = None, allow_random: bool = False, key_prefix: str = "",
+                 input_mean: tuple[float, float, float] | None = None,
+                 input_std: tuple[float, float, float] | None = None, input_size: int | None = None) -> None:
+        super().__init__()
+        _check_random(weights_path, allow_random, "EmotionFeatureLoss", "weights_path")
+        state = None
+        if weights_path is not None:  # read first: a missing file fails before any network is built
+            state = _load_weights_file(weights_path, "emotion-recognition ResNet-50 weights", "weights_path")
+        net = torchvision.models.resnet50(weights=None)
+        net.fc = nn.Identity()
+        if state is not None:
+            sub = {k[len(key_prefix):]: v for k, v in state.items() if k.startswith(key_prefix)}
+            sub = {k: v for k, v in sub.items() if not k.startswith("fc.")}
+            _load_strict(net, sub, str(weights_path))
+        self.net = net
+        self.input_size = input_size
+        self.register_buffer("mean", torch.tensor(input_mean or (0.0, 0.0, 0.0)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(input_std or (1.0, 1.0, 1.0)).view(1, 3, 1, 1), persistent=False)
+        self.freeze()
+
+    def features(self, image: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, 2048)."""
+        if self.input_size is not None and image.shape[-2:] != (self.input_size, self.input_size):
+            image = F.interpolate(image, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
+        return self.net((image - self.mean) / self.std)
+
+    def forward(self, generated: Tensor, target: Tensor) -> Tensor:
+        with torch.no_grad():
+            target_feats = self.features(target)
+        return (self.features(generated) - target_feats).pow(2).mean()
+
+
+class MicaShapeTeacher(_FrozenNetwork):
+    """Optional MICA shape teacher for pretraining: ``MSE(shape, MICA(image))`` (supplementary §1.6).
+
+    MICA (Zielonka et al. 2022) is not reimplemented here. Give either an export mapping the MICA-preprocessed
+    image batch to (B, >= n_shape) FLAME shape coefficients (``torch.export`` ``.pt2`` or a TorchScript archive),
+    or a state dict plus the ``model`` it belongs to. With ``weights_path=None`` the teacher is off
+    (:attr:`enabled` False, one INFO line); calling it then raises with the explanation.
+
+    Args:
+        weights_path: ``.pt2`` (torch.export), TorchScript archive or state dict, local; None: off.
+        model: the architecture for a state-dict file (injected via ``class_path``); unused for TorchScript.
+        n_shape: shape coefficients compared (300).
+    """
+
+    def __init__(self, weights_path: str | None = None, model: nn.Module | None = None, n_shape: int = 300) -> None:
+        super().__init__()
+        self.n_shape = n_shape
+        self.teacher: nn.Module | None = None
+        if weights_path is None:
+            log.info("MICA shape teacher off (weights_path is None): the shape-teacher loss is skipped")
+        else:
+            file = require_file(weights_path, what="MICA shape teacher (TorchScript or state dict)",
+                                config_key="weights_path", family="weights")
+            if file.suffix == ".pt2":
+                self.teacher = torch.export.load(str(file)).module()
+            elif _is_torchscript(file):
+                self.teacher = torch.jit.load(str(file), map_location="cpu")
+            elif model is None:
+                raise AssetFormatError(f"{file} is a state dict, not TorchScript: also give `model`, the MICA "
+                                       "network it belongs to, or export MICA with torch.jit.script/trace")
+            else:
+                _load_strict(model, _load_weights_file(file, "MICA weights", "weights_path"), str(file))
+                self.teacher = model
+            self.freeze()
+
+    @property
+    def enabled(self) -> bool:
+        return self.teacher is not None
+
+    def forward(self, shape: Tensor, image: Tensor) -> Tensor:
+        """``mean((shape - MICA(image)[:, :n_shape])^2)``.
+
+        Args:
+            shape: (B, n_shape) the shape encoder's estimates.
+            image: the MICA input the teacher expects (e.g. (B, 3, 112, 112) ArcFace crops).
+        """
+        if self.teacher is None:
+            raise RuntimeError("MICA shape teacher is off: set weights_path to a TorchScript export of MICA (or a "
+                               "state dict with `model`), or give the shape-teacher term weight 0")
+        with torch.no_grad():
+            target = self.teacher(image)[:, : self.n_shape]
+        return F.mse_loss(shape, target.to(shape))
+
+
+def _is_torchscript(path: os.PathLike) -> bool:
+    """TorchScript archives are zip files holding ``<name>/constants.pkl`` and ``<name>/code/``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
