@@ -31,11 +31,11 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.spatial import ConvexHull, QhullError
 from torch import Tensor
 
 from facelab.data.albedo import UNITS_TO_METRES, AlbedoParams, ProceduralAlbedo, TemplateSurface
 from facelab.data.wrinkles import ActionUnitMap, WrinkleModel
+from facelab.masks import convex_hull_mask
 from facelab.morphable import FlameParams, MeshOutput, MorphableModel, load_model
 from facelab.render import (
     PerspectiveCamera,
@@ -583,7 +583,7 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
         lmk68_ndc = cameras.project(mesh.landmarks68)[..., :2]
         lmk_mp_ndc = cameras.project(mesh.landmarks_mp)[..., :2] if self.has_mediapipe else None
         all_ndc = lmk68_ndc if lmk_mp_ndc is None else torch.cat([lmk68_ndc, lmk_mp_ndc], dim=1)
-        hull = _hull_masks(ndc_to_pixels(all_ndc, self.image_size), self.image_size)
+        hull = convex_hull_mask(ndc_to_pixels(all_ndc, self.image_size), (self.image_size, self.image_size))
         image, seg = self._composite(scenes, render, all_ndc, t)
         per_frame = dict(
             image=image, expression=frames.expression, global_pose=frames.global_pose, neck_pose=frames.neck_pose,
@@ -809,29 +809,3 @@ def _occluder(params: Tensor, lmk_ndc: Tensor, grid: Tensor) -> tuple[Tensor, Te
     return alpha, colour[:, None, None]
 
 
-def _hull_masks(points_pix: Tensor, size: int) -> Tensor:
-    """(N, 1, H, W) float masks of the convex hulls of (N, L, 2) pixel-coordinate point sets.
-
-    A pixel is inside when its centre is on the inner side of every hull edge. The hull is grown by 0.8 px
-    (each point replaced by an octagon of that radius, whose inradius exceeds half a pixel diagonal), so every
-    pixel that contains a point is inside. Only the hull's bounding box is tested.
-    """
-    angles = torch.arange(8, dtype=torch.float64) * (math.pi / 4)
-    octagon = 0.8 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)  # (8, 2)
-    masks = torch.zeros(points_pix.shape[0], 1, size, size)
-    for n, pts in enumerate(points_pix.double()):
-        pts = (pts[:, None] + octagon[None]).reshape(-1, 2)
-        try:
-            hull = pts[torch.as_tensor(ConvexHull(pts.numpy()).vertices)]  # counter-clockwise in (u, v)
-        except QhullError:  # degenerate (collinear) points: an empty hull
-            continue
-        c0, r0 = (hull.amin(dim=0).floor().clamp(0, size)).long().tolist()
-        c1, r1 = (hull.amax(dim=0).ceil().clamp(0, size)).long().tolist()
-        u = torch.arange(c0, c1, dtype=torch.float64) + 0.5
-        v = torch.arange(r0, r1, dtype=torch.float64) + 0.5
-        a, edge = hull, hull.roll(-1, dims=0) - hull  # (E, 2)
-        # cross(edge, p - a) >= 0 on the inner side of each edge of a counter-clockwise hull
-        cross = edge[:, 0, None, None] * (v[None, :, None] - a[:, 1, None, None]) \
-            - edge[:, 1, None, None] * (u[None, None, :] - a[:, 0, None, None])
-        masks[n, 0, r0:r1, c0:c1] = (cross >= 0).all(dim=0).float()
-    return masks
