@@ -36,6 +36,7 @@ from smirk.cycle import (
     augment_expressions,
     build_templates,
 )
+from smirk.data import SmirkBatch, as_smirk_batch
 from smirk.losses import (
     CycleLoss,
     EmotionFeatureLoss,
@@ -59,6 +60,7 @@ from smirk.masking import (
     sample_mesh_points,
     transfer_pixels,
 )
+from smirk.module import SmirkLossWeights, SmirkModule
 from smirk.networks import (
     DoubleConv,
     ExpressionEncoder,
@@ -93,7 +95,11 @@ __all__ = [
     "SmirkEncoder",
     "SmirkEncoding",
     "SmirkGenerator",
+    "SmirkBatch",
+    "SmirkLossWeights",
     "SmirkMasker",
+    "SmirkModule",
+    "as_smirk_batch",
     "UNet",
     "VGGPerceptualLoss",
     "augment_expressions",

@@ -22,6 +22,8 @@ and Lightning's distributed sampler only has to partition indices.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Literal
 
 from lightning.pytorch import LightningDataModule
@@ -78,7 +80,11 @@ class SyntheticFaceDataModule(LightningDataModule):
         persistent_workers: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # nested CLI keys (--data.init_args.scene.yaw_deg=20) can arrive as a dict; hparams keep plain values so
+        # checkpoints load with weights_only=True
+        self.scene = SceneConfig(**scene) if isinstance(scene, dict) else scene
+        self.save_hyperparameters(ignore=["scene"])
+        self.hparams["scene"] = None if self.scene is None else dataclasses.asdict(self.scene)
         self.datasets: dict[str, SyntheticFaceDataset] = {}
 
     def _dataset(self, split: str, num_samples: int) -> SyntheticFaceDataset:
@@ -87,7 +93,7 @@ class SyntheticFaceDataModule(LightningDataModule):
         return SyntheticFaceDataset(
             family=hp.family, model_path=hp.model_path, num_samples=num_samples, split=split, seed=hp.seed,
             image_size=hp.image_size, camera=hp.camera, uv_size=hp.uv_size, sequence_length=hp.sequence_length,
-            fps=hp.fps, scene=hp.scene, render_wrinkles=hp.render_wrinkles, return_albedo=hp.return_albedo,
+            fps=hp.fps, scene=self.scene, render_wrinkles=hp.render_wrinkles, return_albedo=hp.return_albedo,
             return_vertices=hp.return_vertices, model=model,
             synthetic=str(hp.model_path).startswith("synthetic"),
         )

@@ -199,7 +199,7 @@ class Flame(MorphableModel):
         39 - a for a < 0 (DECA's table layout)."""
         rel = rot_mats[:, 0].detach() @ rot_mats[:, 1].detach()
         yaw = torch.atan2(-rel[:, 2, 0], torch.hypot(rel[:, 0, 0], rel[:, 1, 0]))
-        deg = torch.round(yaw * (180.0 / math.pi)).clamp(-39, 39).long()
+        deg = torch.round(torch.nan_to_num(yaw) * (180.0 / math.pi)).clamp(-39, 39).long()  # NaN pose: row 0
         return torch.where(deg < 0, 39 - deg, deg)
 
     def _check(self, p: FlameParams) -> None:

@@ -1,0 +1,645 @@
+"""``SmirkModule``: SMIRK's training recipe (pretraining and core phase) as a LightningModule.
+
+Recipe: ``shared/docs/smirk_reference.md`` ("Losses and weights", "Schedule", "Augmented expression cycle path",
+"Masking") and the supplementary material (§1.2 transfer pixels, §1.3 structural identity loss, §1.6 training
+details, §3.1 masking). The building blocks live in :mod:`smirk.networks`, :mod:`smirk.masking`,
+:mod:`smirk.cycle` and :mod:`smirk.losses`; this module only wires them and owns the optimization schedule.
+
+* ``phase="pretrain"``: no generator; the pose, shape and expression encoders learn from landmarks (mediapipe 105
+  + FAN contour) with expression regularization and, when MICA weights are given, the shape teacher. One Adam step
+  per batch (supplementary §1.6: lr 5e-4).
+* ``phase="core"``: pose and shape encoders frozen (``requires_grad=False``, BatchNorm in eval mode); the expression
+  encoder and the generator alternate by batch: even batches step the generator (encoder frozen, grad-norm clip
+  0.1), odd batches step the expression encoder (generator frozen). Each batch takes two optimizer steps, one on the
+  reconstruction path and one on the augmented cycle path, so ``trainer.global_step`` (which counts optimizer
+  steps) advances by 2 per batch: the paper's 250k core iterations are ``max_steps=500000``.
+
+Learning rates: Adam; generator lr = ``lr`` with betas (0.5, 0.999); encoder lr = ``encoder_lr_factor * lr`` in
+the core phase (0.25) and ``lr`` in pretraining; cosine annealing per iteration, restarted at every epoch
+(supplementary §1.6), stepped once per batch.
+
+Frames: landmarks in NDC (+y up) as in :mod:`smirk.data`; the NME metrics are mean Euclidean distances in those
+[-1, 1] units (half the crop side = 1).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+
+from facelab.errors import AssetFormatError
+from facelab.io.assets import require_file
+from facelab.morphable import Flame, FlameParams, MeshOutput
+from facelab.render import MeshRenderer, RenderOutput, ndc_to_pixels, smirk_lights
+from facelab.viz import draw_landmarks, mesh_overlay, rows_grid
+from smirk.cycle import AUGMENTATION_GROUPS, ExpressionTemplates, augment_expressions
+from smirk.data import FlameGroundTruth, SmirkBatch, as_smirk_batch
+from smirk.losses import (
+    CycleLoss,
+    EmotionFeatureLoss,
+    MicaShapeTeacher,
+    VGGPerceptualLoss,
+    expression_regularization,
+    fan_contour_landmark_loss,
+    jaw_regularization,
+    landmark_loss,
+    reconstruction_loss,
+    structural_identity_loss,
+)
+from smirk.masking import MaskedInput, SmirkMasker
+from smirk.networks import SmirkEncoder, SmirkEncoding, SmirkGenerator
+
+__all__ = ["EpochCosine", "SmirkLossWeights", "SmirkModule", "load_encoder_checkpoint"]
+
+#: SMIRK's gray albedo for the rendered face (smirk_reference.md "Renderer").
+RENDER_ALBEDO = 180.0 / 255.0
+
+
+@dataclass
+class SmirkLossWeights:
+    """Loss weights; the defaults are the core phase's (smirk_reference.md, "Losses and weights").
+
+    Use :meth:`for_phase` for pretraining's. The supplementary material (§1.6) lists photo 1, VGG 10, cycle 10; the
+    public code (and these defaults) use reconstruction 10, perceptual 10, cycle 1: both are expressible here.
+
+    Attributes:
+        landmark_mp: MSE of the 105 mediapipe landmarks (NDC).
+        landmark_fan: MSE of the 17 FAN contour landmarks (skipped where absent).
+        expression_reg: ``mean(exp^2)``.
+        jaw_reg: ``mean(jaw^2)``.
+        shape_teacher: ``MSE(shape, MICA(image))`` (needs MICA weights).
+        reconstruction: L1 between the translator's output and the image.
+        perceptual: VGG16 feature L1 (needs VGG weights).
+        emotion: emotion-feature L2 (needs emotion-network weights; trains the encoder only).
+        cycle: the cycle-path consistency loss (its inner weights: :class:`smirk.losses.CycleLoss`).
+        structural_identity: frozen-shape-encoder L2, generated vs input (supplementary §1.3; generator only).
+    """
+
+    landmark_mp: float = 100.0
+    landmark_fan: float = 100.0
+    expression_reg: float = 1e-3
+    jaw_reg: float = 1e-2
+    shape_teacher: float = 0.0
+    reconstruction: float = 10.0
+    perceptual: float = 10.0
+    emotion: float = 1.0
+    cycle: float = 1.0
+    structural_identity: float = 1.0
+
+    @classmethod
+    def for_phase(cls, phase: str) -> SmirkLossWeights:
+        """The reference weights of ``"pretrain"`` or ``"core"``."""
+        if phase == "core":
+            return cls()
+        if phase == "pretrain":
+            return cls(expression_reg=1e-2, jaw_reg=0.0, shape_teacher=10.0, reconstruction=0.0, perceptual=0.0,
+                       emotion=0.0, cycle=0.0, structural_identity=0.0)
+        raise ValueError(f"phase must be 'pretrain' or 'core', got {phase!r}")
+
+
+class EpochCosine:
+    """Learning-rate factor for ``LambdaLR``: a cosine from 1 to ``min_factor`` over each epoch, then a restart.
+
+    ``factor(k) = m + (1 - m) (1 + cos(pi t)) / 2`` with ``t = (k mod T) / T`` and ``T = steps_per_epoch``
+    (supplementary §1.6: "cosine-annealing, restarted at each epoch"). A callable object, so ``LambdaLR`` saves
+    ``steps_per_epoch`` in checkpoints.
+
+    Args:
+        steps_per_epoch: scheduler steps (batches) per epoch; set from the trainer at every epoch start.
+        min_factor: the factor reached at the end of an epoch.
+    """
+
+    def __init__(self, steps_per_epoch: int = 1, min_factor: float = 0.0) -> None:
+        self.steps_per_epoch, self.min_factor = max(1, int(steps_per_epoch)), float(min_factor)
+
+    def __call__(self, step: int) -> float:
+        t = (step % self.steps_per_epoch) / self.steps_per_epoch
+        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def load_encoder_checkpoint(encoder: SmirkEncoder, path: str, config_key: str = "model.init_args.pretrain_ckpt"
+                            ) -> None:
+    """Load the three encoders from a pretraining checkpoint (``torch.load(weights_only=True)``), strictly.
+
+    Accepts a Lightning checkpoint of :class:`SmirkModule` (keys ``encoder.*`` of its ``state_dict``) or a plain
+    :class:`smirk.networks.SmirkEncoder` state dict.
+
+    Raises:
+        MissingAssetError: no such file. AssetFormatError: keys or shapes do not fit the encoder.
+    """
+    file = require_file(path, what="SMIRK pretraining checkpoint", config_key=config_key, family="weights")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise AssetFormatError(f"{file}: expected a checkpoint or state dict, got {type(state).__name__}")
+    sub = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")} or state
+    own = encoder.state_dict()
+    missing, unexpected = sorted(set(own) - set(sub)), sorted(set(sub) - set(own))
+    wrong = sorted(k for k in set(own) & set(sub) if own[k].shape != sub[k].shape)
+    if missing or unexpected or wrong:
+        raise AssetFormatError(f"{file} does not fit the SMIRK encoder (set by {config_key}): {len(missing)} missing "
+                               f"keys {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, {len(wrong)} "
+                               f"shape mismatches {wrong[:5]} (same n_shape / n_expression as in pretraining?)")
+    encoder.load_state_dict(sub, strict=True)
+
+
+@dataclass
+class _Reconstruction:
+    """What the reconstruction path produced (for the cycle path and the image grid)."""
+
+    encoding: SmirkEncoding
+    mesh: MeshOutput
+    render: RenderOutput
+    masked: MaskedInput
+    verts_px: Tensor
+    generated: Tensor
+
+
+class SmirkModule(LightningModule):
+    """SMIRK (Retsinas et al., CVPR 2024) training: landmark pretraining or the analysis-by-neural-synthesis core.
+
+    Args:
+        phase: ``"pretrain"`` (encoders from landmarks) or ``"core"`` (expression encoder + generator).
+        encoder: the three encoders; None builds :class:`SmirkEncoder` with the ``*_backbone_weights``.
+        generator: the image-to-image translator (core phase); None builds :class:`SmirkGenerator`.
+        masker: builds the generator's masked input; None builds :class:`SmirkMasker` with the reference settings.
+        loss_weights: None takes :meth:`SmirkLossWeights.for_phase` of ``phase``.
+        flame_path: FLAME asset (``generic_model.pkl``, its folder, or ``"synthetic"``).
+        n_shape: FLAME shape components (300).
+        n_expression: FLAME expression components (50).
+        image_size: side of the square input crops (224).
+        pretrain_ckpt: core phase: checkpoint of the pretraining phase whose pose/shape/expression encoders are
+            loaded; None starts them from their initialization (logged once).
+        pose_backbone_weights, shape_backbone_weights, expression_backbone_weights: local ImageNet timm weights of
+            the MobileNetV3 backbones when ``encoder`` is None (None: random initialization, logged).
+        vgg_weights: torchvision VGG16 state dict for the perceptual loss (or inject ``perceptual_loss``); without
+            either, the term is disabled with a log line.
+        emotion_weights: emotion-network ResNet-50 state dict (or inject ``emotion_loss``); without either, the
+            term is disabled with a log line.
+        mica_path: MICA shape-teacher export (pretraining); None: the teacher term is disabled with a log line.
+        perceptual_loss: an already built :class:`VGGPerceptualLoss` (e.g. ``allow_random=True`` in tests).
+        emotion_loss: an already built :class:`EmotionFeatureLoss` (e.g. EMOCA's with ``key_prefix``).
+        cycle_loss: the cycle path's loss with its inner weights; None: :class:`CycleLoss` (exp 1, jaw 10,
+            eyelids 10, shape 1 on generator batches).
+        templates_path: FaMoS expression templates (:class:`smirk.cycle.ExpressionTemplates` ``.npz``) for the
+            cycle path's template-injection group; None drops that group (logged).
+        cycle_groups: the cycle path's augmentation groups (supplementary Table 3 ablations are subsets).
+        lr: base learning rate; None: 5e-4 in pretraining, 1e-3 in the core phase (supplementary §1.6).
+        encoder_lr_factor: core phase: encoder lr = factor x ``lr`` (0.25).
+        generator_betas: Adam betas of the generator.
+        generator_grad_clip: gradient-norm clip of the generator (0.1; 0 disables).
+        min_lr_factor: lr floor of the per-epoch cosine, as a fraction of the base lr.
+        log_images_every_n_steps: training batches between TensorBoard image grids (0: never).
+        max_logged_images: samples (columns) per image grid.
+    """
+
+    def __init__(
+        self,
+        phase: Literal["pretrain", "core"] = "core",
+        encoder: SmirkEncoder | None = None,
+        generator: SmirkGenerator | None = None,
+        masker: SmirkMasker | None = None,
+        loss_weights: SmirkLossWeights | None = None,
+        flame_path: str = "synthetic",
+        n_shape: int = 300,
+        n_expression: int = 50,
+        image_size: int = 224,
+        pretrain_ckpt: str | None = None,
+        pose_backbone_weights: str | None = None,
+        shape_backbone_weights: str | None = None,
+        expression_backbone_weights: str | None = None,
+        vgg_weights: str | None = None,
+        emotion_weights: str | None = None,
+        mica_path: str | None = None,
+        perceptual_loss: VGGPerceptualLoss | None = None,
+        emotion_loss: EmotionFeatureLoss | None = None,
+        cycle_loss: CycleLoss | None = None,
+        templates_path: str | None = None,
+        cycle_groups: tuple[str, ...] = AUGMENTATION_GROUPS,
+        lr: float | None = None,
+        encoder_lr_factor: float = 0.25,
+        generator_betas: tuple[float, float] = (0.5, 0.999),
+        generator_grad_clip: float = 0.1,
+        min_lr_factor: float = 0.0,
+        log_images_every_n_steps: int = 500,
+        max_logged_images: int = 8,
+    ) -> None:
+        super().__init__()
+        if phase not in ("pretrain", "core"):
+            raise ValueError(f"phase must be 'pretrain' or 'core', got {phase!r}")
+        if isinstance(loss_weights, dict):  # hparams of a checkpoint store the weights as a plain dict
+            loss_weights = SmirkLossWeights(**loss_weights)
+        self.automatic_optimization = False
+        self.phase, self.image_size = phase, int(image_size)
+        requested = loss_weights if loss_weights is not None else SmirkLossWeights.for_phase(phase)
+        self.weights = SmirkLossWeights(**asdict(requested))  # effective: terms without weights files set to 0
+        self.lr = lr if lr is not None else (1e-3 if phase == "core" else 5e-4)
+        self.encoder_lr_factor, self.generator_betas = encoder_lr_factor, tuple(generator_betas)
+        self.generator_grad_clip, self.min_lr_factor = generator_grad_clip, min_lr_factor
+        self.log_images_every_n_steps, self.max_logged_images = log_images_every_n_steps, max_logged_images
+
+        self.flame = Flame(flame_path, n_shape=n_shape, n_expression=n_expression)
+        if not self.flame.has_mediapipe or "face" not in self.flame.regions:
+            raise AssetFormatError(f"SMIRK needs FLAME's mediapipe landmark embedding and its 'face' region mask "
+                                   f"(FLAME_masks.pkl) beside {flame_path} (model.init_args.flame_path)")
+        self.renderer = MeshRenderer.from_model(self.flame, region="face", image_size=self.image_size)
+        self.masker = masker if masker is not None else SmirkMasker()
+        self.masker.set_topology(self.flame.faces, self.flame.regions, allowed_faces=self.flame.region_faces("face"))
+        self.encoder = self._build_encoder(encoder, n_shape, n_expression, pose_backbone_weights,
+                                           shape_backbone_weights, expression_backbone_weights)
+        self.generator = None
+        if phase == "core":
+            self._load_pretrained(pretrain_ckpt)
+            for frozen in (self.encoder.pose_encoder, self.encoder.shape_encoder):
+                frozen.requires_grad_(False).eval()  # and kept in eval mode by train()
+            self.generator = generator if generator is not None else SmirkGenerator()
+        elif generator is not None or pretrain_ckpt is not None:
+            rank_zero_warn("phase='pretrain' trains no generator and loads no pretraining checkpoint: "
+                           "`generator` / `pretrain_ckpt` are ignored")
+        self.perceptual_loss = self._feature_loss("perceptual", perceptual_loss, vgg_weights, "vgg_weights",
+                                                  lambda p: VGGPerceptualLoss(weights_path=p))
+        self.emotion_loss = self._feature_loss("emotion", emotion_loss, emotion_weights, "emotion_weights",
+                                               lambda p: EmotionFeatureLoss(weights_path=p))
+        self.shape_teacher = self._feature_loss("shape_teacher", None, mica_path, "mica_path",
+                                                lambda p: MicaShapeTeacher(weights_path=p, n_shape=n_shape))
+        self.cycle_loss = cycle_loss if cycle_loss is not None else CycleLoss()
+        self.cycle_groups = self._cycle_groups(tuple(cycle_groups), templates_path, n_expression)
+        self._gt_models: dict[int, Flame] = {}  # validation: FLAME with the ground truth's expression count
+        self._skipped_steps = 0
+        self._batches_seen = 0
+
+        self.save_hyperparameters(ignore=["encoder", "generator", "masker", "perceptual_loss", "emotion_loss",
+                                          "cycle_loss", "loss_weights"])
+        self.hparams["loss_weights"] = asdict(requested)  # a plain dict keeps checkpoints weights_only-loadable
+
+    # ---------------------------------------------------------------------------------------------- building
+    @staticmethod
+    def _build_encoder(encoder: SmirkEncoder | None, n_shape: int, n_expression: int, *backbone_weights: str | None
+                       ) -> SmirkEncoder:
+        if encoder is None:
+            return SmirkEncoder(n_shape, n_expression, *backbone_weights)
+        if any(w is not None for w in backbone_weights):
+            raise ValueError("give the *_backbone_weights inside the injected encoder's init_args "
+                             "(pose_pretrained_path, ...), not to SmirkModule")
+        return encoder
+
+    def _load_pretrained(self, pretrain_ckpt: str | None) -> None:
+        if pretrain_ckpt is None:
+            rank_zero_info("SMIRK core phase: no pretrain_ckpt given, the pose/shape/expression encoders start from "
+                           "their initialization (run configs/smirk_pretrain.yaml first for the paper's recipe)")
+            return
+        load_encoder_checkpoint(self.encoder, pretrain_ckpt)
+        rank_zero_info(f"SMIRK core phase: encoders loaded from {pretrain_ckpt}")
+
+    def _feature_loss(self, term: str, injected: nn.Module | None, path: str | None, key: str, build
+                      ) -> nn.Module | None:
+        """The frozen network of a feature loss, or None (its weight set to 0) when it has no weights."""
+        if injected is not None and path is not None:
+            raise ValueError(f"give either {key} or the injected {term} loss module, not both")
+        if injected is not None:
+            return injected
+        if getattr(self.weights, term) == 0:
+            return None
+        if path is None:
+            rank_zero_info(f"SMIRK: {term} loss DISABLED (weight {getattr(self.weights, term)} -> 0): {key} is not "
+                           "set (local weights file; nothing is downloaded)")
+            setattr(self.weights, term, 0.0)
+            return None
+        return build(path)
+
+    def _cycle_groups(self, groups: tuple[str, ...], templates_path: str | None, n_expression: int
+                      ) -> tuple[str, ...]:
+        templates = torch.zeros(0, n_expression)
+        if "template" in groups and self.phase == "core":
+            if templates_path is None:
+                rank_zero_info("SMIRK cycle path: no templates_path, the template-injection group is dropped "
+                               "(build FaMoS templates with smirk.cycle.build_templates)")
+                groups = tuple(g for g in groups if g != "template")
+            else:
+                templates = ExpressionTemplates.load(templates_path, "model.init_args.templates_path").expressions(
+                    n_expression)
+        self.register_buffer("templates", templates, persistent=False)
+        return groups
+
+    def train(self, mode: bool = True) -> SmirkModule:
+        """Train mode everywhere except the frozen pose/shape encoders of the core phase (BatchNorm in eval)."""
+        super().train(mode)
+        if self.phase == "core":
+            self.encoder.pose_encoder.eval()
+            self.encoder.shape_encoder.eval()
+        return self
+
+    # ---------------------------------------------------------------------------------------------- optimizers
+    def configure_optimizers(self):
+        """Adam per trained network, each with a per-epoch cosine (``LambdaLR`` over :class:`EpochCosine`)."""
+        if self.phase == "pretrain":
+            groups = [(self.encoder.parameters(), self.lr, (0.9, 0.999))]
+        else:
+            groups = [(self.encoder.expression_encoder.parameters(), self.encoder_lr_factor * self.lr, (0.9, 0.999)),
+                      (self.generator.parameters(), self.lr, self.generator_betas)]
+        optimizers, schedulers = [], []
+        for params, lr, betas in groups:
+            opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, betas=betas)
+            optimizers.append(opt)
+            schedulers.append(torch.optim.lr_scheduler.LambdaLR(opt, EpochCosine(min_factor=self.min_lr_factor)))
+        return optimizers, schedulers
+
+    def on_train_epoch_start(self) -> None:
+        """Set the cosine's period to this epoch's batch count (the schedulers step once per batch)."""
+        n = self.trainer.num_training_batches
+        if not math.isfinite(n):
+            rank_zero_warn("SMIRK: the training loader has no length; the learning rate stays constant")
+            n = 2**62
+        for scheduler in self._as_list(self.lr_schedulers()):
+            scheduler.lr_lambdas[0].steps_per_epoch = max(1, int(n))
+
+    @staticmethod
+    def _as_list(x) -> list:
+        if x is None:
+            return []
+        return list(x) if isinstance(x, (list, tuple)) else [x]
+
+    def _optimize(self, opt, loss: Tensor, clip: float = 0.0) -> bool:
+        """Backward + (clip) + step, unless the loss or a gradient is non-finite on any rank (then skip, warn)."""
+        opt.zero_grad(set_to_none=True)
+        if not loss.requires_grad:  # every term of this step has weight 0
+            return False
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if finite:
+            self.manual_backward(loss)
+            if clip > 0:
+                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
+        if not finite:  # gradients are all-reduced under DDP, so every rank takes this branch together
+            opt.zero_grad(set_to_none=True)
+            self._skipped_steps += 1
+            rank_zero_warn(f"SMIRK: non-finite loss or gradient at batch {self._batches_seen}, optimizer step "
+                           f"skipped ({self._skipped_steps} so far)")
+            return False
+        opt.step()
+        opt.zero_grad(set_to_none=True)  # no stale gradients on a network that is frozen next
+        return True
+
+    def _norm_statistics(self, clone: bool = False) -> dict[str, Tensor]:
+        """BatchNorm running statistics of the trained networks (a forward pass updates them)."""
+        stats = {name: buf for name, buf in self.named_buffers()
+                 if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        return {name: buf.clone() for name, buf in stats.items()} if clone else stats
+
+    def _restore_norm_statistics(self, saved: dict[str, Tensor]) -> None:
+        """After a skipped step: if the forward pass left non-finite BatchNorm statistics, put back the batch's
+        starting ones, so a bad batch changes nothing."""
+        current = self._norm_statistics()
+        if all(torch.isfinite(buf).all() for buf in current.values() if buf.is_floating_point()):
+            return
+        with torch.no_grad():
+            for name, buf in current.items():
+                buf.copy_(saved[name])
+
+    # ---------------------------------------------------------------------------------------------- geometry
+    def _render(self, enc: SmirkEncoding) -> tuple[MeshOutput, RenderOutput]:
+        """FLAME mesh of an encoding and its gray, five-light render of the face region (reference "Renderer")."""
+        mesh = self.flame(enc.flame_params())
+        lights = smirk_lights(device=mesh.verts.device, dtype=mesh.verts.dtype)
+        return mesh, self.renderer(mesh.verts, enc.camera(), albedo=RENDER_ALBEDO, lights=lights)
+
+    def _landmark_losses(self, enc: SmirkEncoding, mesh: MeshOutput, batch: SmirkBatch) -> dict[str, Tensor]:
+        """Landmark and regularization terms (reference "Losses": MSE in [-1, 1] crop coordinates)."""
+        camera = enc.camera()
+        losses = {"landmark_mp": landmark_loss(camera.project(mesh.landmarks_mp), batch.landmarks_mp)}
+        if batch.landmarks_fan is not None and self.weights.landmark_fan:
+            losses["landmark_fan"] = fan_contour_landmark_loss(camera.project(mesh.landmarks68), batch.landmarks_fan,
+                                                               batch.fan_valid)
+        losses["expression_reg"] = expression_regularization(enc.expression)
+        if self.weights.jaw_reg:
+            losses["jaw_reg"] = jaw_regularization(enc.jaw_pose)
+        return losses
+
+    def _weighted(self, losses: dict[str, Tensor]) -> Tensor:
+        return sum(getattr(self.weights, name) * value for name, value in losses.items())
+
+    def _mask(self, batch: SmirkBatch, render_mask: Tensor, verts_px: Tensor, **kwargs) -> MaskedInput:
+        landmarks_px = None if batch.hull_mask is not None else ndc_to_pixels(batch.landmarks_mp, self.image_size)
+        return self.masker(batch.image, landmarks_px, render_mask, verts_px, self.flame.faces,
+                           hull_mask=batch.hull_mask, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------- training
+    def _prepare(self, batch) -> SmirkBatch:
+        batch = as_smirk_batch(batch)
+        if batch.image_size != (self.image_size, self.image_size):
+            raise ValueError(f"SMIRK was built for {self.image_size}x{self.image_size} crops (model.init_args."
+                             f"image_size) but the batch has {batch.image_size}: set both sizes alike")
+        return batch
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        batch = self._prepare(batch)
+        self._batches_seen += 1
+        skipped, stats = self._skipped_steps, self._norm_statistics(clone=True)
+        if self.phase == "pretrain":
+            losses, panels = self._pretrain_step(batch)
+        else:
+            losses, panels = self._core_step(batch, train_generator=batch_idx % 2 == 0)
+        if self._skipped_steps > skipped:
+            self._restore_norm_statistics(stats)
+        with warnings.catch_warnings():  # the network not trained on this batch has not stepped yet: expected
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+            for scheduler in self._as_list(self.lr_schedulers()):
+                scheduler.step()  # per-iteration cosine: both networks' schedules advance every batch
+        self._log_train(losses, batch.batch_size)
+        n = self.log_images_every_n_steps
+        if n > 0 and (self._batches_seen - 1) % n == 0:
+            self._log_images("train/images", panels)
+
+    def _pretrain_step(self, batch: SmirkBatch) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """Landmark pretraining of the three encoders (supplementary §1.6)."""
+        enc = self.encoder(batch.image)
+        mesh = self.flame(enc.flame_params())
+        losses = self._landmark_losses(enc, mesh, batch)
+        if self.shape_teacher is not None and self.weights.shape_teacher:
+            if batch.mica_image is None:
+                rank_zero_warn("SMIRK: the MICA shape teacher is on but the batch carries no mica_image; the term "
+                               "is skipped")
+            else:
+                losses["shape_teacher"] = self.shape_teacher(enc.shape, batch.mica_image)
+        total = self._weighted(losses)
+        self._optimize(self.optimizers(), total)
+        losses["total"] = total
+        return losses, self._pretrain_panels(batch, enc, mesh)
+
+    def _core_step(self, batch: SmirkBatch, train_generator: bool) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """One core-phase batch: the reconstruction-path step, then the cycle-path step, of one network."""
+        opt_encoder, opt_generator = self.optimizers()
+        opt = opt_generator if train_generator else opt_encoder
+        clip = self.generator_grad_clip if train_generator else 0.0
+        self.toggle_optimizer(opt)  # requires_grad=False on the other network's parameters
+        try:
+            losses, recon = self._reconstruction_path(batch, train_generator)
+            recon_total = self._weighted(losses)
+            self._optimize(opt, recon_total, clip)
+            cycle, cycle_panels = self._cycle_path(batch, recon, train_generator)
+            cycle_total = self.weights.cycle * cycle
+            self._optimize(opt, cycle_total, clip)
+        finally:
+            self.untoggle_optimizer(opt)
+        losses["cycle"] = cycle
+        losses["recon_path"], losses["cycle_path"] = recon_total, cycle_total
+        losses["total"] = recon_total + cycle_total
+        return losses, self._core_panels(batch, recon, cycle_panels)
+
+    def _reconstruction_path(self, batch: SmirkBatch, train_generator: bool
+                             ) -> tuple[dict[str, Tensor], _Reconstruction]:
+        """Encode, render the face region, mask, translate; the loss terms of the network being trained.
+
+        Generator batches: reconstruction + perceptual + structural identity (supplementary §1.3). Encoder batches:
+        landmarks + regularizers + reconstruction + perceptual + emotion (the generator, frozen, passes gradients
+        through to the render).
+        """
+        enc = self.encoder(batch.image)
+        with torch.set_grad_enabled(not train_generator):  # on generator batches nothing upstream of it trains
+            mesh, render = self._render(enc)
+        verts_px = ndc_to_pixels(render.verts_ndc, self.image_size)
+        masked = self._mask(batch, render.mask, verts_px.detach())
+        generated = self.generator(render.image, masked.masked_image)
+        losses = {} if train_generator else self._landmark_losses(enc, mesh, batch)
+        losses["reconstruction"] = reconstruction_loss(generated, batch.image)
+        if self.perceptual_loss is not None and self.weights.perceptual:
+            losses["perceptual"] = self.perceptual_loss(generated, batch.image)
+        if train_generator and self.weights.structural_identity:
+            losses["structural_identity"] = structural_identity_loss(self.encoder.shape_encoder, generated,
+                                                                     batch.image)
+        if not train_generator and self.emotion_loss is not None and self.weights.emotion:
+            losses["emotion"] = self.emotion_loss(generated, batch.image)  # generator frozen for it (reference)
+        return losses, _Reconstruction(enc, mesh, render, masked, verts_px.detach(), generated)
+
+    def _cycle_path(self, batch: SmirkBatch, recon: _Reconstruction, train_generator: bool
+                    ) -> tuple[Tensor, list[Tensor]]:
+        """Augmented expression cycle (reference "cycle path"; supplementary §1.2 transfer pixels).
+
+        The detached estimates get new expressions (the four augmentation groups), the generator renders them with
+        the reconstruction path's sampled pixels transferred onto the modified mesh, and the expression encoder
+        re-estimates them. Encoder batches see the generator's output detached; generator batches also keep the
+        shape (CycleLoss's shape term) through the frozen shape encoder.
+        """
+        base = recon.encoding.detach()
+        aug = augment_expressions(base.expression, base.jaw_pose, base.eyelids, self.templates,
+                                  groups=self.cycle_groups)
+        target = SmirkEncoding(shape=base.shape, expression=aug.expression, eyelids=aug.eyelids,
+                               jaw_pose=aug.jaw_pose, global_pose=base.global_pose, cam=base.cam)
+        with torch.no_grad():
+            _, render = self._render(target)
+        masked = self._mask(batch, render.mask, recon.verts_px, points=recon.masked.points,
+                            verts_px_dst=ndc_to_pixels(render.verts_ndc, self.image_size),
+                            patch_drop_p=self.masker.cycle_patch_drop_p)
+        with torch.set_grad_enabled(train_generator):
+            generated = self.generator(render.image, masked.masked_image)
+        image = generated if train_generator else generated.detach()
+        expression = self.encoder.expression_encoder(image)
+        shape = self.encoder.shape_encoder(image) if train_generator else base.shape
+        pred = SmirkEncoding(shape=shape, expression=expression.expression, eyelids=expression.eyelids,
+                             jaw_pose=expression.jaw_pose, global_pose=base.global_pose, cam=base.cam)
+        loss = self.cycle_loss(pred, target, include_shape=train_generator)
+        return loss, [render.image, masked.masked_image, generated]
+
+    def _log_train(self, losses: dict[str, Tensor], batch_size: int) -> None:
+        for name, value in losses.items():
+            self.log(f"train/loss_{name}", value.detach(), on_step=True, on_epoch=False, batch_size=batch_size)
+        names = ["encoder"] if self.phase == "pretrain" else ["encoder", "generator"]
+        for name, opt in zip(names, self._as_list(self.optimizers())):
+            self.log(f"train/lr_{name}", opt.param_groups[0]["lr"], on_step=True, on_epoch=False,
+                     batch_size=batch_size)
+        self.log("train/skipped_steps", float(self._skipped_steps), on_step=True, on_epoch=False,
+                 batch_size=batch_size)
+
+    # ---------------------------------------------------------------------------------------------- images
+    def _overlay(self, batch: SmirkBatch, enc: SmirkEncoding, mesh: MeshOutput) -> Tensor:
+        """Mesh over the image, target landmarks red, predicted green (pixels)."""
+        camera = enc.camera()
+        target_px = ndc_to_pixels(batch.landmarks_mp, self.image_size)
+        pred_px = ndc_to_pixels(camera.project(mesh.landmarks_mp), self.image_size)
+        overlay = mesh_overlay(batch.image, mesh.verts.detach(), camera, self.renderer)
+        return draw_landmarks(draw_landmarks(overlay, target_px, color=(1.0, 0.0, 0.0)), pred_px)
+
+    def _pretrain_panels(self, batch: SmirkBatch, enc: SmirkEncoding, mesh: MeshOutput) -> list[Tensor]:
+        if not self._want_images():
+            return []
+        with torch.no_grad():
+            return [batch.image, self._overlay(batch, enc.detach(), mesh)]
+
+    def _core_panels(self, batch: SmirkBatch, recon: _Reconstruction, cycle: list[Tensor]) -> list[Tensor]:
+        if not self._want_images():
+            return []
+        with torch.no_grad():
+            overlay = self._overlay(batch, recon.encoding.detach(), recon.mesh)
+        return [batch.image, recon.masked.masked_image, recon.render.image, recon.generated, overlay, *cycle]
+
+    def _want_images(self) -> bool:
+        n = self.log_images_every_n_steps
+        return (n > 0 and self._batches_seen and (self._batches_seen - 1) % n == 0 and self.global_rank == 0
+                and isinstance(self.logger, TensorBoardLogger))
+
+    def _log_images(self, tag: str, panels: list[Tensor]) -> None:
+        """Rows of panels as one TensorBoard image (rank 0, TensorBoard only)."""
+        if not panels or self.global_rank != 0 or not isinstance(self.logger, TensorBoardLogger):
+            return
+        grid = rows_grid(*(p.detach().float().clamp(0, 1).cpu() for p in panels), max_images=self.max_logged_images)
+        self.logger.experiment.add_image(tag, grid, self.global_step)
+
+    # ---------------------------------------------------------------------------------------------- validation
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """Landmark NME (NDC units) and, with ground truth, expression and face-region vertex errors."""
+        batch = self._prepare(batch)
+        enc = self.encoder(batch.image)
+        mesh = self.flame(enc.flame_params())
+        camera = enc.camera()
+        metrics = {"nme_mp": _nme(camera.project(mesh.landmarks_mp), batch.landmarks_mp)}
+        if batch.landmarks_fan is not None:
+            metrics["nme_fan"] = _nme(camera.project(mesh.landmarks68), batch.landmarks_fan)
+        if batch.ground_truth is not None:
+            metrics.update(self._ground_truth_errors(enc, batch.ground_truth))
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch.batch_size)
+        if batch_idx == 0 and self.global_rank == 0 and isinstance(self.logger, TensorBoardLogger):
+            self._log_images("val/images", [batch.image, self._overlay(batch, enc, mesh)])
+
+    def _ground_truth_errors(self, enc: SmirkEncoding, gt: FlameGroundTruth) -> dict[str, Tensor]:
+        """Expression errors against the synthetic ground truth.
+
+        ``expression_mse``: MSE of the model's first ``n_expression`` coefficients. ``expression_vertex_error_mm``:
+        mean per-vertex distance on FLAME's face region between the expression-only meshes (mean identity, zero
+        head pose; predicted vs true expression, jaw and eyelids, the truth with all its components), in mm.
+        """
+        n = self.flame.n_expression
+        exp_mse = (enc.expression - gt.expression[:, :n].to(enc.expression)).pow(2).mean()
+        zero_shape = enc.shape.new_zeros(enc.batch_size, self.flame.n_shape)
+        pred = self.flame(FlameParams(shape=zero_shape, expression=enc.expression, jaw_pose=enc.jaw_pose,
+                                      eyelids=enc.eyelids)).verts
+        true = self._gt_model(gt.expression.shape[1])(FlameParams(shape=zero_shape, expression=gt.expression,
+                                                                  jaw_pose=gt.jaw_pose, eyelids=gt.eyelids)).verts
+        face = self.flame.regions["face"]
+        scale = 1000.0 if self.flame.units == "m" else 1.0
+        error = (pred[:, face] - true[:, face]).norm(dim=-1).mean() * scale
+        return {"expression_mse": exp_mse, "expression_vertex_error_mm": error}
+
+    def _gt_model(self, n_expression: int) -> Flame:
+        """This FLAME with ``n_expression`` components (the synthetic truth may use more than the model)."""
+        if n_expression == self.flame.n_expression:
+            return self.flame
+        if n_expression not in self._gt_models:  # a plain dict: not a submodule, never in checkpoints
+            hp = self.hparams
+            self._gt_models[n_expression] = Flame(hp.flame_path, n_shape=hp.n_shape, n_expression=n_expression)
+        return self._gt_models[n_expression].to(self.device)
+
+
+def _nme(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean Euclidean landmark distance in NDC units. (B, L, 2+) each."""
+    return (pred[..., :2] - target[..., :2].to(pred)).norm(dim=-1).mean()

@@ -1,0 +1,200 @@
+"""SmirkModule: both phases train a few steps through a real ``lightning.Trainer`` on tiny synthetic batches; the
+core phase alternates generator / expression-encoder steps, keeps the pose and shape encoders bit-identical and
+loads a pretraining checkpoint; a non-finite loss skips the step; the configs run through ``lightning-cli``."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from facelab.data.synthetic import SyntheticFaceDataset, SyntheticFaceSample
+from facelab.errors import MissingAssetError
+from smirk.cycle import build_templates
+from smirk.data import SmirkBatch, as_smirk_batch
+from smirk.losses import EmotionFeatureLoss, VGGPerceptualLoss
+from smirk.module import EpochCosine, SmirkLossWeights, SmirkModule
+from smirk.networks import SmirkGenerator
+
+SIZE, BATCH = 64, 4
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def batches() -> list:
+    """Three synthetic FLAME batches (64², B = 4) with ground truth."""
+    data = SyntheticFaceDataset(num_samples=3 * BATCH, image_size=SIZE, uv_size=64, seed=1)
+    return [SyntheticFaceSample.collate(data.generate(list(range(i * BATCH, (i + 1) * BATCH)))) for i in range(3)]
+
+
+def make_module(phase: str, **kwargs) -> SmirkModule:
+    torch.manual_seed(0)
+    if phase == "core":
+        kwargs.setdefault("generator", SmirkGenerator(channels=(8, 16, 32, 64), bottleneck_channels=64,
+                                                      n_res_blocks=1))
+        kwargs.setdefault("perceptual_loss", VGGPerceptualLoss(allow_random=True))
+        kwargs.setdefault("emotion_loss", EmotionFeatureLoss(allow_random=True))
+    return SmirkModule(phase=phase, image_size=SIZE, **kwargs)
+
+
+def fit(module: SmirkModule, batches: list, tmp_path: Path, callbacks=(), val: bool = True, **trainer_kwargs):
+    trainer_kwargs.setdefault("max_steps", 2)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=TensorBoardLogger(tmp_path, name="tb"),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=1, log_every_n_steps=1, callbacks=list(callbacks),
+                        **trainer_kwargs)
+    trainer.fit(module, DataLoader(batches, batch_size=None),
+                DataLoader(batches[:1], batch_size=None) if val else None)
+    return trainer
+
+
+class GradientRecorder(Callback):
+    """For every optimizer step: the names of the parameters that carry a finite gradient."""
+
+    def __init__(self) -> None:
+        self.steps: list[set[str]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.steps.append({name for name, p in pl_module.named_parameters()
+                           if p.grad is not None and torch.isfinite(p.grad).all()})
+
+
+def names(module: torch.nn.Module, prefix: str) -> set[str]:
+    return {f"{prefix}.{n}" for n, p in module.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "core"])
+def test_phase_trains_with_finite_losses_and_logs(phase, batches, tmp_path):
+    templates = tmp_path / "templates.npz"  # the core phase's cycle path then uses all four augmentation groups
+    build_templates({"smile": torch.randn(3, 50), "jaw": torch.randn(2, 50)}).save(templates)
+    module = make_module(phase, log_images_every_n_steps=1, templates_path=str(templates))
+    assert phase == "pretrain" or module.cycle_groups == ("random", "permutation", "template", "zero")
+    steps = 3 if phase == "pretrain" else 6  # one epoch: 3 batches (the core phase steps twice per batch)
+    trainer = fit(module, batches, tmp_path, max_steps=steps)
+    metrics = trainer.callback_metrics
+    assert trainer.global_step == steps
+    losses = {k: float(v) for k, v in metrics.items() if k.startswith("train/loss_")}
+    assert losses and all(math.isfinite(v) for v in losses.values()), losses
+    expected = {"landmark_mp", "landmark_fan", "expression_reg", "total"}
+    if phase == "core":
+        expected |= {"reconstruction", "perceptual", "emotion", "cycle", "structural_identity", "jaw_reg"}
+        assert float(metrics["train/lr_generator"]) > 0
+    assert expected <= {k.removeprefix("train/loss_") for k in losses}
+    for name in ("val/nme_mp", "val/nme_fan", "val/expression_mse", "val/expression_vertex_error_mm"):
+        assert math.isfinite(float(metrics[name])), name
+    assert float(metrics["train/skipped_steps"]) == 0
+    events = list((tmp_path / "tb").rglob("events.out.tfevents*"))
+    assert events and max(e.stat().st_size for e in events) > 10_000  # scalars and the image grids
+
+
+def test_core_alternates_networks_and_keeps_pose_shape_frozen(batches, tmp_path):
+    module = make_module("core")
+    frozen = {k: v.clone() for k, v in module.encoder.state_dict().items()
+              if k.startswith(("pose_encoder.", "shape_encoder."))}
+    recorder = GradientRecorder()
+    fit(module, batches, tmp_path, callbacks=[recorder], val=False, max_steps=4)  # 2 batches x (recon, cycle)
+    generator = names(module.generator, "generator")
+    expression = names(module.encoder.expression_encoder, "encoder.expression_encoder")
+    assert len(recorder.steps) == 4
+    for step, with_grad in enumerate(recorder.steps):
+        trained, other = (generator, expression) if step < 2 else (expression, generator)  # batch 0 even, 1 odd
+        assert trained <= with_grad, sorted(trained - with_grad)[:5]
+        assert not (other & with_grad), sorted(other & with_grad)[:5]
+    assert not any(p.requires_grad for p in module.encoder.pose_encoder.parameters())
+    assert not any(p.requires_grad for p in module.encoder.shape_encoder.parameters())
+    state = module.encoder.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())  # weights and BatchNorm statistics
+
+
+def test_pretrain_checkpoint_initializes_core_phase(batches, tmp_path):
+    pretrain = make_module("pretrain", log_images_every_n_steps=0)
+    trainer = fit(pretrain, batches, tmp_path, val=False, max_steps=1)
+    ckpt = tmp_path / "pretrain.ckpt"
+    trainer.save_checkpoint(ckpt)
+    core = make_module("core", pretrain_ckpt=str(ckpt))
+    expected = pretrain.encoder.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in core.encoder.state_dict().items())
+    with pytest.raises(MissingAssetError, match="pretrain_ckpt"):
+        make_module("core", pretrain_ckpt=str(tmp_path / "missing.ckpt"))
+
+
+def test_non_finite_loss_skips_the_step(batches, tmp_path):
+    bad = [replace(b, landmarks_mp_ndc=torch.full_like(b.landmarks_mp_ndc, float("nan"))) for b in batches[:2]]
+    module = make_module("pretrain", log_images_every_n_steps=0)
+    before = {k: v.clone() for k, v in module.encoder.named_parameters()}
+    with pytest.warns(UserWarning, match="optimizer step skipped"):
+        trainer = fit(module, bad, tmp_path, val=False, max_epochs=1, max_steps=-1)
+    assert float(trainer.callback_metrics["train/skipped_steps"]) == 2 and trainer.global_step == 0
+    assert all(torch.equal(v, before[k]) for k, v in module.encoder.named_parameters())
+
+
+def test_skipped_step_restores_non_finite_norm_statistics():
+    module = make_module("pretrain")
+    saved = module._norm_statistics(clone=True)
+    name = next(n for n in saved if n.endswith("running_mean"))
+    module._norm_statistics()[name].fill_(float("nan"))  # what a forward pass on a NaN image leaves behind
+    module._restore_norm_statistics(saved)
+    assert all(torch.equal(buf, saved[n]) for n, buf in module._norm_statistics().items())
+
+
+def test_missing_feature_weights_disable_their_terms():
+    module = SmirkModule(phase="core", image_size=SIZE, generator=SmirkGenerator(
+        channels=(8, 16, 32, 64), bottleneck_channels=64, n_res_blocks=1))
+    assert module.perceptual_loss is None and module.weights.perceptual == 0
+    assert module.emotion_loss is None and module.weights.emotion == 0
+    assert module.weights.reconstruction == 10 and module.cycle_groups == ("random", "permutation", "zero")
+    assert SmirkLossWeights.for_phase("pretrain").shape_teacher == 10
+    with pytest.raises(ValueError, match="not both"):
+        SmirkModule(phase="core", image_size=SIZE, vgg_weights="vgg16.pth",
+                    perceptual_loss=VGGPerceptualLoss(allow_random=True))
+
+
+def test_epoch_cosine_restarts_every_epoch():
+    schedule = EpochCosine(steps_per_epoch=10, min_factor=0.0)
+    assert schedule(0) == 1.0 and schedule(10) == 1.0 and schedule(25) == pytest.approx(0.5)
+    assert schedule(9) < 0.03
+
+
+def test_synthetic_batch_adapter(batches):
+    batch = as_smirk_batch(batches[0])
+    assert isinstance(batch, SmirkBatch) and batch.image.shape == (BATCH, 3, SIZE, SIZE)
+    assert batch.landmarks_mp.shape == (BATCH, 105, 2) and batch.landmarks_fan.shape == (BATCH, 68, 2)
+    assert batch.fan_valid.all() and batch.ground_truth.expression.shape[0] == BATCH
+    assert as_smirk_batch(batch) is batch
+    with pytest.raises(ValueError, match="105"):
+        SmirkBatch(image=batch.image, landmarks_mp=batch.landmarks_mp[:, :68])
+
+
+def test_lightning_cli_runs_the_configs(tmp_path):
+    cli = Path(sys.executable).parent / "lightning-cli"
+    for config, steps in (("smirk_pretrain.yaml", 2), ("smirk.yaml", 2)):
+        cmd = [str(cli), "fit", "--config", str(REPO / "configs" / config), "--config",
+               str(REPO / "configs" / "smirk_quickstart.yaml"), f"--trainer.max_steps={steps}",
+               "--trainer.limit_val_batches=1", "--data.init_args.num_train=8"]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+        assert proc.returncode == 0, f"{config}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        assert f"max_steps={steps}` reached" in proc.stdout + proc.stderr
+    assert len(list((tmp_path / "logs").rglob("config.yaml"))) == 2
+
+
+@pytest.mark.slow
+def test_core_phase_trains_under_ddp_on_two_cpu_processes(tmp_path):
+    """Two gloo processes: the collective NaN-guard decision and the alternating networks do not deadlock."""
+    cli = Path(sys.executable).parent / "lightning-cli"
+    cmd = [str(cli), "fit", "--config", str(REPO / "configs" / "smirk.yaml"), "--config",
+           str(REPO / "configs" / "smirk_quickstart.yaml"), "--trainer.max_steps=4", "--trainer.devices=2",
+           "--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.limit_val_batches=1",
+           "--data.init_args.num_train=16"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert "max_steps=4` reached" in proc.stdout + proc.stderr
