@@ -23,7 +23,6 @@ and Lightning's distributed sampler only has to partition indices.
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Literal
 
 from lightning.pytorch import LightningDataModule
