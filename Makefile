@@ -8,7 +8,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow lint format bench tensorboard clean
+.PHONY: install test test-slow lint format bench fit tensorboard clean
 
 install: $(STAMP)
 
@@ -38,6 +38,16 @@ bench: install
 	$(VENV)/bin/facelab bench flame
 	$(VENV)/bin/facelab bench raster
 	$(VENV)/bin/facelab bench data
+
+## SMIRK quick start on the synthetic world (CPU-sized): a short pretraining, then the core phase from its checkpoint.
+FIT_LOGS ?= logs
+fit: install
+	$(VENV)/bin/lightning-cli fit --config configs/smirk_pretrain.yaml --config configs/smirk_quickstart.yaml \
+		--trainer.logger.init_args.save_dir=$(FIT_LOGS)
+	ckpt=$$(ls -t $(FIT_LOGS)/smirk_pretrain/version_*/checkpoints/last.ckpt | head -n 1) && \
+	$(VENV)/bin/lightning-cli fit --config configs/smirk.yaml --config configs/smirk_quickstart.yaml \
+		--trainer.logger.init_args.save_dir=$(FIT_LOGS) --model.init_args.pretrain_ckpt=$$ckpt
+	@echo "TensorBoard logs: $(FIT_LOGS)/smirk_pretrain and $(FIT_LOGS)/smirk  (view: make tensorboard)"
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir logs
