@@ -2,6 +2,7 @@
 
     facelab assets synthetic --family flame --out DIR [--seed S] [--size full|tiny]
     facelab bench flame [--device auto|cpu|cuda] [--csv PATH]
+    facelab preprocess --input DIR_OR_VIDEO --out DIR [--scale 1.6] [--size 224]
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the parser's ``func`` runs it.
 """
@@ -13,7 +14,7 @@ import importlib
 import sys
 
 #: Modules that contribute subcommands (later methods add reconstruct, preprocess, evaluate, ...).
-SUBCOMMAND_MODULES = ("facelab.cli.assets", "facelab.cli.bench")
+SUBCOMMAND_MODULES = ("facelab.cli.assets", "facelab.cli.bench", "facelab.cli.preprocess")
 
 
 def build_parser() -> argparse.ArgumentParser:
