@@ -161,7 +161,7 @@ def _fourier_noise(p: np.ndarray, rng: np.random.Generator, wavelength: float, n
     return field / np.sqrt(n_waves / 2)
 
 
-def _polyline_distance(p: np.ndarray, polyline: np.ndarray) -> np.ndarray:
+def polyline_distance(p: np.ndarray, polyline: np.ndarray) -> np.ndarray:
     """(N,) distance of points (N, D) to a polyline (M, D)."""
     best = np.full(len(p), np.inf)
     for a, b in zip(polyline[:-1], polyline[1:]):
@@ -217,17 +217,17 @@ def _face_layers(s: TemplateSurface, rng: np.random.Generator) -> dict[str, np.n
     brows = 0.0
     for ids in (range(17, 22), range(22, 27)):
         line = lmk[list(ids), :2] - np.array([0.0, 0.002])
-        d = _polyline_distance(p[:, :2], line)  # in the image plane: a 3D tube would cut the skin in two lines
+        d = polyline_distance(p[:, :2], line)  # in the image plane: a 3D tube would cut the skin in two lines
         medial = np.exp(-0.5 * (np.abs(p[:, 0]) - 0.012) ** 2 / 0.02**2)  # thicker towards the nose
         brows = np.maximum(brows, np.exp(-((d / (0.0025 + 0.0015 * medial)) ** 4)))  # flat-topped band
     lip_front = _front_of(p, lmk[48:60, 2].min(), 0.012)
     inside = _inside_polygon_xy(p, lmk[48:60]).astype(np.float64)
-    lip_edge = np.exp(-0.5 * (_polyline_distance(p[:, :2], np.vstack([lmk[48:60], lmk[48:49]])[:, :2]) / 0.0012)
+    lip_edge = np.exp(-0.5 * (polyline_distance(p[:, :2], np.vstack([lmk[48:60], lmk[48:49]])[:, :2]) / 0.0012)
                       ** 2)
     lips = np.maximum(inside, 0.5 * lip_edge) * lip_front
     lids = 0.0
     for ids in ([36, 37, 38, 39], [42, 43, 44, 45]):
-        lids = np.maximum(lids, np.exp(-0.5 * (_polyline_distance(p[:, :2], lmk[ids, :2]) / 0.0009) ** 2))
+        lids = np.maximum(lids, np.exp(-0.5 * (polyline_distance(p[:, :2], lmk[ids, :2]) / 0.0009) ** 2))
     cheek_y = lmk[33, 1] + 0.012
     cheeks = sum(np.exp(-0.5 * (((p[:, 0] - sx * 0.042) / 0.015) ** 2 + ((p[:, 1] - cheek_y) / 0.013) ** 2))
                  for sx in (-1.0, 1.0))

@@ -87,7 +87,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from facelab.data.albedo import TemplateSurface
+from facelab.data.albedo import TemplateSurface, polyline_distance
 
 __all__ = [
     "ACTION_CHANNELS",
@@ -287,16 +287,6 @@ def _window(x: np.ndarray, lo: float, hi: float, soft: float) -> np.ndarray:
     return _smoothstep(lo - soft, lo, x) * (1.0 - _smoothstep(hi, hi + soft, x))
 
 
-def _segment_distance(p: np.ndarray, polyline: np.ndarray) -> np.ndarray:
-    """(N,) distance of points (N, 3) to a polyline (M, 3)."""
-    best = np.full(len(p), np.inf)
-    for a, b in zip(polyline[:-1], polyline[1:]):
-        ab = b - a
-        t = np.clip(((p - a) @ ab) / max(ab @ ab, 1e-12), 0.0, 1.0)
-        best = np.minimum(best, np.linalg.norm(p - (a + t[:, None] * ab), axis=1))
-    return best
-
-
 def _front(p: np.ndarray, anchor: np.ndarray, depth: float = 0.025) -> np.ndarray:
     """Keep points within ``depth`` metres behind ``anchor`` (no pattern leaks to the back of the head)."""
     return _smoothstep(anchor[2] - depth - 0.01, anchor[2] - depth, p[:, 2])
@@ -354,7 +344,7 @@ def _lower_lid(p: np.ndarray, a: _Anchors, s: int) -> np.ndarray:
     lid = side["lid"]
     out = 0.0
     for drop, weight in ((0.004, 1.0), (0.008, 0.6)):
-        d = _segment_distance(p, lid - np.array([0.0, drop, 0.0]))
+        d = polyline_distance(p, lid - np.array([0.0, drop, 0.0]))
         out = out + weight * np.exp(-0.5 * (d / 0.001) ** 2)
     return -out * _front(p, side["canthus"])
 
@@ -365,7 +355,7 @@ def _nasolabial(p: np.ndarray, a: _Anchors, s: int) -> np.ndarray:
     out = np.array([s * 0.005, 0.003, -0.004])
     curve = np.stack([alar + out, 0.5 * (alar + corner) + np.array([s * 0.009, 0.0, -0.006]),
                       corner + np.array([s * 0.008, -0.010, -0.006])])
-    d = _segment_distance(p, curve)
+    d = polyline_distance(p, curve)
     lateral = _smoothstep(0.0, 0.004, s * (p[:, 0] - alar[0]))
     return -np.exp(-0.5 * (d / 0.002) ** 2) * lateral * _front(p, corner, 0.03)
 
@@ -403,7 +393,7 @@ def _dimple(p: np.ndarray, a: _Anchors, s: int) -> np.ndarray:
 def _marionette(p: np.ndarray, a: _Anchors, s: int) -> np.ndarray:
     c = a.side(s)["corner"]
     line = np.stack([c + np.array([s * 0.002, -0.003, -0.002]), c + np.array([s * 0.006, -0.018, -0.006])])
-    return -np.exp(-0.5 * (_segment_distance(p, line) / 0.0015) ** 2) * _front(p, c, 0.03)
+    return -np.exp(-0.5 * (polyline_distance(p, line) / 0.0015) ** 2) * _front(p, c, 0.03)
 
 
 _Pattern = Callable[[np.ndarray, _Anchors], np.ndarray]
