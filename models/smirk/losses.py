@@ -25,6 +25,7 @@ from torch.func import functional_call
 
 from facelab.errors import AssetFormatError
 from facelab.io.assets import require_file
+from facelab.io.weights import load_state_dict_strict, read_state_dict
 from smirk.networks import SmirkEncoding
 
 __all__ = [
@@ -182,27 +183,6 @@ def structural_identity_loss(shape_encoder: nn.Module, generated: Tensor, image:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _load_weights_file(path: str | os.PathLike, what: str, config_key: str) -> dict[str, Tensor]:
-    file = require_file(path, what=what, config_key=config_key, family="weights")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # Lightning checkpoints
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise AssetFormatError(f"{file}: expected a state dict (name -> tensor), got {type(state).__name__}")
-    return state
-
-
-def _load_strict(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise AssetFormatError(f"{source} does not fit {type(module).__name__}: {len(missing)} missing keys "
-                               f"{missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}, "
-                               f"{len(wrong)} shape mismatches {wrong[:8]}")
-    module.load_state_dict(state, strict=True)
-
-
 class _FrozenNetwork(nn.Module):
     """Base of the frozen feature networks: eval mode forever, parameters without gradients."""
 
@@ -280,13 +260,14 @@ class VGGPerceptualLoss(_FrozenNetwork):
         self.layer_weights = [weight for _, weight in tapped]
         state = None
         if weights_path is not None:  # read first: a missing file fails before any network is built
-            state = _load_weights_file(weights_path, "VGG16 weights (torchvision state dict)", "weights_path")
+            state = read_state_dict(weights_path, what="VGG16 weights (torchvision state dict)",
+                                    config_key="weights_path")
         features = vgg16_features(self.taps[-1])
         if state is not None:
             prefix = "features."
             sub = {k[len(prefix):]: v for k, v in state.items()
                    if k.startswith(prefix) and int(k[len(prefix):].split(".")[0]) <= self.taps[-1]}
-            _load_strict(features, sub, str(weights_path))
+            load_state_dict_strict(features, sub, str(weights_path))
         self.features = features
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -337,13 +318,14 @@ class EmotionFeatureLoss(_FrozenNetwork):
         _check_random(weights_path, allow_random, "EmotionFeatureLoss", "weights_path")
         state = None
         if weights_path is not None:  # read first: a missing file fails before any network is built
-            state = _load_weights_file(weights_path, "emotion-recognition ResNet-50 weights", "weights_path")
+            state = read_state_dict(weights_path, what="emotion-recognition ResNet-50 weights",
+                                    config_key="weights_path")
         net = torchvision.models.resnet50(weights=None)
         net.fc = nn.Identity()
         if state is not None:
             sub = {k[len(key_prefix):]: v for k, v in state.items() if k.startswith(key_prefix)}
             sub = {k: v for k, v in sub.items() if not k.startswith("fc.")}
-            _load_strict(net, sub, str(weights_path))
+            load_state_dict_strict(net, sub, str(weights_path))
         self.net = net
         self.input_size = input_size
         self.register_buffer("mean", torch.tensor(input_mean or (0.0, 0.0, 0.0)).view(1, 3, 1, 1), persistent=False)
@@ -393,7 +375,8 @@ class MicaShapeTeacher(_FrozenNetwork):
                 raise AssetFormatError(f"{file} is a state dict, not TorchScript: also give `model`, the MICA "
                                        "network it belongs to, or export MICA with torch.jit.script/trace")
             else:
-                _load_strict(model, _load_weights_file(file, "MICA weights", "weights_path"), str(file))
+                state = read_state_dict(file, what="MICA weights", config_key="weights_path")
+                load_state_dict_strict(model, state, file)
                 self.teacher = model
             self.freeze()
 

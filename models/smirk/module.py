@@ -36,7 +36,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from facelab.errors import AssetFormatError
-from facelab.io.assets import require_file
+from facelab.io.weights import load_state_dict_strict, read_state_dict
 from facelab.morphable import Flame, FlameParams, MeshOutput
 from facelab.render import MeshRenderer, RenderOutput, ndc_to_pixels, smirk_lights
 from facelab.viz import draw_landmarks, mesh_overlay, rows_grid
@@ -135,21 +135,10 @@ def load_encoder_checkpoint(encoder: SmirkEncoder, path: str, config_key: str = 
     Raises:
         MissingAssetError: no such file. AssetFormatError: keys or shapes do not fit the encoder.
     """
-    file = require_file(path, what="SMIRK pretraining checkpoint", config_key=config_key, family="weights")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise AssetFormatError(f"{file}: expected a checkpoint or state dict, got {type(state).__name__}")
+    state = read_state_dict(path, what="SMIRK pretraining checkpoint", config_key=config_key)
     sub = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")} or state
-    own = encoder.state_dict()
-    missing, unexpected = sorted(set(own) - set(sub)), sorted(set(sub) - set(own))
-    wrong = sorted(k for k in set(own) & set(sub) if own[k].shape != sub[k].shape)
-    if missing or unexpected or wrong:
-        raise AssetFormatError(f"{file} does not fit the SMIRK encoder (set by {config_key}): {len(missing)} missing "
-                               f"keys {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, {len(wrong)} "
-                               f"shape mismatches {wrong[:5]} (same n_shape / n_expression as in pretraining?)")
-    encoder.load_state_dict(sub, strict=True)
+    load_state_dict_strict(encoder, sub, path, hint=f"set by {config_key}; same n_shape / n_expression as in "
+                                                    "pretraining?")
 
 
 @dataclass

@@ -13,15 +13,13 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facelab.errors import AssetFormatError
-from facelab.io.assets import require_file
+from facelab.io.weights import load_state_dict_strict, read_state_dict
 from facelab.morphable.flame import FlameParams
 from facelab.render.camera import WeakPerspectiveCamera
 
@@ -79,20 +77,6 @@ def create_backbone(name: str, pretrained_path: str | None = None, config_key: s
     return backbone
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):  # checkpoints that nest the weights one level down
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise AssetFormatError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
-    return state
-
-
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, config_key: str | None = None) -> None:
     """Load a local timm state dict into a ``features_only`` backbone, strictly.
 
@@ -103,20 +87,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, config_k
         MissingAssetError: the file does not exist (the message names ``config_key``).
         AssetFormatError: keys are missing or unexpected, or a shape differs (the message names the file and keys).
     """
-    file = require_file(path, what="ImageNet backbone weights (timm state dict)", config_key=config_key,
-                        family="weights")
-    state = {k: v for k, v in _read_state_dict(file).items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise AssetFormatError(
-            f"{file} does not fit the {type(backbone).__name__} backbone: "
-            f"{len(missing)} missing keys {missing[:8]}, {len(unexpected)} unexpected keys {unexpected[:8]}, "
-            f"{len(wrong)} shape mismatches {wrong[:8]}" + (f" (set by {config_key})" if config_key else "")
-        )
-    backbone.load_state_dict(state, strict=True)
+    state = read_state_dict(path, what="ImageNet backbone weights (timm state dict)", config_key=config_key)
+    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    load_state_dict_strict(backbone, state, path, hint=f"set by {config_key}" if config_key else "")
 
 
 class _ImageEncoder(nn.Module):
