@@ -113,6 +113,11 @@ class MorphableModel(nn.Module):
         if name not in self._region_names:
             self._region_names.append(name)
 
+    def register_regions(self, regions: dict) -> None:
+        """Register every ``name -> vertex ids`` entry of ``regions`` (see :meth:`register_region`)."""
+        for name, ids in regions.items():
+            self.register_region(name, ids)
+
     @property
     def regions(self) -> dict[str, Tensor]:
         """Named vertex regions: name -> (N,) long vertex ids."""

@@ -512,9 +512,7 @@ class Bfm(MorphableModel):
         kp = _read_keypoints(keypoints, n) if keypoints is not None else arrays.keypoints
         self.register_constant("keypoints", np.zeros(0) if kp is None else kp, torch.long)
         self.register_topology(arrays.faces)
-        self.register_region("face", np.arange(n))
-        for name, ids in arrays.regions.items():
-            self.register_region(name, ids)
+        self.register_regions({"face": np.arange(n), **arrays.regions})
 
     @property
     def num_verts(self) -> int:

@@ -396,9 +396,7 @@ class BilinearModel(MorphableModel):
         landmarks = np.zeros(0) if arrays.landmarks is None else arrays.landmarks
         self.register_constant("landmark_ids", landmarks, torch.long)
         self.register_topology(arrays.faces, arrays.uv, arrays.faces_uv)
-        self.register_region("head", np.arange(n))
-        for name, ids in arrays.regions.items():
-            self.register_region(name, ids)
+        self.register_regions({"head": np.arange(n), **arrays.regions})
 
     @property
     def num_verts(self) -> int:

@@ -154,8 +154,7 @@ class Flame(MorphableModel):
         self.has_eyelids = a.l_eyelid is not None and a.r_eyelid is not None
         if self.has_eyelids:
             buf("eyelid_dirs", np.stack([a.l_eyelid, a.r_eyelid]).reshape(2, -1))  # (2, 3V)
-        for name, ids in a.masks.items():
-            self.register_region(name, ids)
+        self.register_regions(a.masks)
 
     @property
     def num_verts(self) -> int:
