@@ -37,7 +37,7 @@ class FacelabCLI(LightningCLI):
         )
 
 
-def _shutdown_distributed() -> None:
+def _shutdown_distributed(completed: bool) -> None:
     """Tear the process group down while the interpreter is still whole.
 
     Lightning leaves this to an ``atexit`` hook; on busy machines gloo's threads could then be destroyed during
@@ -47,16 +47,19 @@ def _shutdown_distributed() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # rank 0 hosts the rendezvous store: let every rank finish before it goes away
+        if completed:  # rank 0 hosts the rendezvous store: let every rank finish before it goes away
+            dist.barrier()
         dist.destroy_process_group()
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-cli`` console script."""
+    completed = False
     try:
         FacelabCLI(args=args)
+        completed = True
     finally:
-        _shutdown_distributed()
+        _shutdown_distributed(completed)
 
 
 if __name__ == "__main__":
