@@ -13,6 +13,10 @@ Every sample then gets, with p = 0.5, ``jaw += randn * 0.2 * [1, 0.1, 0.1]`` (``
 ``eyelids += U(-0.25, 0.25)`` clamped to [0, 1]; the zero group's jaw and eyelids are set after that, as in the
 public code. ``u`` and ``u'`` are independent per-sample U(0, 1) draws.
 
+Templates (group 3) come from a file (:class:`ExpressionTemplates`; build one from any expression fits with
+:func:`build_templates` or :func:`read_expression_fits`) or, for the synthetic FLAME, from
+:func:`synthetic_templates` (``templates_path: synthetic`` in the configs).
+
 Shapes: ``B`` batch, ``E`` expression components (50), ``T`` template rows. Every random draw takes a
 ``torch.Generator`` (on the tensors' device; None = the global RNG).
 """
@@ -28,20 +32,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from facelab.data.wrinkles import HEAD_EXPRESSION_NAMES
 from facelab.errors import AssetFormatError, MissingAssetError
 from smirk.masking import transfer_pixels
 
 __all__ = [
     "AUGMENTATION_GROUPS",
     "FAMOS_TEMPLATE_NAMES",
+    "SYNTHETIC_FAMOS_RECIPES",
     "CycleAugmentation",
     "ExpressionTemplates",
+    "SyntheticExpression",
     "augment_expressions",
     "build_templates",
     "jitter_eyelids",
     "jitter_jaw",
     "permute_expression",
     "random_expression",
+    "read_expression_fits",
+    "synthetic_templates",
     "template_expression",
     "transfer_pixels",
     "zero_expression",
@@ -233,7 +242,8 @@ class ExpressionTemplates:
     """Named FLAME expression templates for the template-injection group (supplementary §1.4).
 
     SMIRK fitted FLAME to 12 FaMoS sequences of 70 subjects; those fits are not public here, so build the file
-    from your own fits with :func:`build_templates` and :meth:`save`. File format (``.npz``, no pickles):
+    from your own fits with :func:`build_templates` (or :func:`read_expression_fits`) and :meth:`save`. For the
+    synthetic FLAME, :func:`synthetic_templates` acts the 12 classes out directly. File format (``.npz``, no pickles):
     ``expression`` (T, E) float32, ``jaw`` (T, 3), ``eyelids`` (T, 2), ``labels`` (T,) int64 index into
     ``names`` (K,) unicode.
 
@@ -281,7 +291,8 @@ class ExpressionTemplates:
             raise MissingAssetError(
                 f"SMIRK expression templates not found: {p}" + (f"\n  set by: {config_key}" if config_key else "")
                 + "\n  build them from your own FLAME fits (e.g. FaMoS sequences, supplementary §1.4): "
-                "smirk.cycle.build_templates({name: (K, E) expressions}).save(path); or drop the 'template' "
+                "smirk.cycle.build_templates({name: (K, E) expressions}).save(path), or "
+                "smirk.cycle.read_expression_fits(folder_of_npy).save(path); or drop the 'template' "
                 "augmentation group")
         with np.load(p, allow_pickle=False) as data:
             missing = {"names", "labels", "expression", "jaw", "eyelids"} - set(data.files)
@@ -332,3 +343,139 @@ def _rows_like(values: Mapping[str, Tensor] | None, name: str, n: int, dim: int)
     if rows.shape[0] != n:
         raise ValueError(f"template '{name}': {rows.shape[0]} rows of {dim}-vectors for {n} expression rows")
     return rows
+
+
+def read_expression_fits(source: str | os.PathLike) -> ExpressionTemplates:
+    """Templates from a folder of expression fits: every ``*.npy`` / ``*.npz`` below ``source`` is one class's rows.
+
+    The class is the file's stem, so per-subject layouts (``fits/subject_01/jaw.npy``, ``fits/subject_02/jaw.npy``)
+    pool their rows. A ``.npy`` holds ``(K, E)`` or ``(E,)`` expressions; a ``.npz`` holds ``expression`` and
+    optionally ``jaw`` ``(K, 3)`` and ``eyelids`` ``(K, 2)``. Classes come in sorted order. One line builds the
+    template file the configs point at (``model.init_args.templates_path``)::
+
+        python -c "from smirk.cycle import read_expression_fits as r; r('fits/').save('templates.npz')"
+
+    Raises:
+        MissingAssetError: ``source`` is not a folder or holds no fits.
+        AssetFormatError: a ``.npz`` without ``expression``, or rows that do not fit together.
+    """
+    root = Path(source).expanduser()
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".npy", ".npz")) if root.is_dir() else []
+    if not files:
+        raise MissingAssetError(f"no expression fits (*.npy / *.npz) below {root}")
+    parts: dict[str, dict[str, list[Tensor]]] = {}
+    for path in files:
+        arrays = _read_arrays(path)
+        if "expression" not in arrays:
+            raise AssetFormatError(f"{path}: a .npz fit needs an 'expression' array, has {sorted(arrays)}")
+        expression = np.asarray(arrays["expression"], np.float32)
+        rows = torch.from_numpy(expression).reshape(-1, expression.shape[-1])
+        entry = parts.setdefault(path.stem, {"expression": [], "jaw": [], "eyelids": []})
+        entry["expression"].append(rows)
+        for key, dim in (("jaw", 3), ("eyelids", 2)):
+            value = arrays.get(key)
+            entry[key].append(torch.zeros(len(rows), dim) if value is None else
+                              torch.from_numpy(np.asarray(value, np.float32)).reshape(-1, dim))
+    names = sorted(parts)
+    try:
+        return build_templates({n: torch.cat(parts[n]["expression"]) for n in names},
+                               jaw={n: torch.cat(parts[n]["jaw"]) for n in names},
+                               eyelids={n: torch.cat(parts[n]["eyelids"]) for n in names})
+    except (ValueError, RuntimeError) as err:
+        raise AssetFormatError(f"expression fits below {root}: {err}") from err
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npy`` (as ``expression``) or ``.npz`` file, without pickles."""
+    if path.suffix == ".npy":
+        return {"expression": np.load(path, allow_pickle=False)}
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Default templates of the synthetic face world
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyntheticExpression:
+    """One template row in the synthetic FLAME's terms.
+
+    Attributes:
+        components: procedural-head expression components (:data:`facelab.data.wrinkles.HEAD_EXPRESSION_NAMES`)
+            -> coefficient; the synthetic world draws these coefficients ~N(0, 1).
+        jaw: FLAME jaw axis-angle (``jaw[0]`` opens the mouth, radians).
+        eyelids: left, right closure in [0, 1].
+    """
+
+    components: Mapping[str, float]
+    jaw: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    eyelids: tuple[float, float] = (0.0, 0.0)
+
+
+#: The 12 FaMoS classes (:data:`FAMOS_TEMPLATE_NAMES`) as the synthetic head's named actions can act them out: an
+#: approximation by hand (the head has no tongue, teeth or cheek suction), strong but within the range the
+#: synthetic world renders. "jaw" parts the lips with expression components as well, since the cycle path injects
+#: only a template's expression (its jaw comes from the estimate and the jaw jitter).
+SYNTHETIC_FAMOS_RECIPES: dict[str, tuple[SyntheticExpression, ...]] = {
+    "lips_back": (SyntheticExpression({"stretch": 2.0, "dimple_left": 0.6, "dimple_right": 0.6}),),
+    "rolling_lips": (SyntheticExpression({"lips_roll_in": 2.0, "lip_press": 0.8}),),
+    "mouth_side": (SyntheticExpression({"mouth_left": 2.0, "smile_left": 0.4}),
+                   SyntheticExpression({"mouth_right": 2.0, "smile_right": 0.4})),
+    "kissing": (SyntheticExpression({"pucker": 2.0, "upper_lip_pout": 0.6, "lower_lip_pout": 0.6}),),
+    "high_smile": (SyntheticExpression({"smile_left": 2.0, "smile_right": 2.0, "left_squint": 0.8,
+                                        "right_squint": 0.8, "upper_lip_up": 0.8}, jaw=(0.08, 0.0, 0.0)),),
+    "mouth_up": (SyntheticExpression({"upper_lip_up": 1.5, "chin_raise": 1.5}),),
+    "mouth_middle": (SyntheticExpression({"funnel": 1.5, "lip_press": 1.0}),),
+    "mouth_down": (SyntheticExpression({"lip_corner_down_left": 2.0, "lip_corner_down_right": 2.0,
+                                        "lower_lip_down": 1.0}),),
+    "blow_cheeks": (SyntheticExpression({"cheek_puff": 2.0, "lip_press": 0.6}),),
+    "cheeks_in": (SyntheticExpression({"cheek_puff": -2.0, "pucker": 0.6}),),
+    "jaw": (SyntheticExpression({"lower_lip_down": 1.5, "upper_lip_up": 0.8}, jaw=(0.3, 0.0, 0.0)),),
+    "lips_up": (SyntheticExpression({"upper_lip_up": 2.0, "upper_lip_pout": 0.8, "nose_wrinkle": 0.4}),),
+}
+
+
+def synthetic_templates(n_expression: int = 50, classes: Sequence[str] = FAMOS_TEMPLATE_NAMES,
+                        recipes: Mapping[str, Sequence[SyntheticExpression]] | None = None) -> ExpressionTemplates:
+    """Expression templates for the **synthetic** FLAME (``flame_path: synthetic``), no fits needed.
+
+    The synthetic FLAME's expression components 0..27 are the procedural head's named actions
+    (:data:`facelab.data.wrinkles.HEAD_EXPRESSION_NAMES`), so each class is written directly in them
+    (:data:`SYNTHETIC_FAMOS_RECIPES`). Meaningless for a real FLAME, whose expression basis is an unlabelled PCA.
+
+    Args:
+        n_expression: E, the model's expression components (at least 28).
+        classes: which classes of ``recipes`` to include, in this order.
+        recipes: class -> rows; None: :data:`SYNTHETIC_FAMOS_RECIPES`.
+
+    Returns:
+        :class:`ExpressionTemplates` with expression (T, E), jaw (T, 3) and eyelids (T, 2).
+    """
+    recipes = SYNTHETIC_FAMOS_RECIPES if recipes is None else recipes
+    if n_expression < len(HEAD_EXPRESSION_NAMES):
+        raise ValueError(f"the synthetic FLAME's named components are 0..{len(HEAD_EXPRESSION_NAMES) - 1}: "
+                         f"n_expression must be at least {len(HEAD_EXPRESSION_NAMES)}, got {n_expression}")
+    missing = [c for c in classes if c not in recipes]
+    if missing or not classes:
+        raise ValueError(f"classes must be a non-empty subset of {list(recipes)}, got {list(classes)}")
+    expressions, jaw, eyelids = {}, {}, {}
+    for name in classes:
+        rows = recipes[name]
+        expressions[name] = torch.stack([_head_components(row.components, n_expression) for row in rows])
+        jaw[name] = torch.tensor([row.jaw for row in rows])
+        eyelids[name] = torch.tensor([row.eyelids for row in rows])
+    return build_templates(expressions, jaw=jaw, eyelids=eyelids)
+
+
+def _head_components(components: Mapping[str, float], n_expression: int) -> Tensor:
+    """(n_expression,) coefficients from named procedural-head components."""
+    unknown = sorted(set(components) - set(HEAD_EXPRESSION_NAMES))
+    if unknown:
+        raise ValueError(f"unknown head expression components {unknown}; see facelab.data.wrinkles."
+                         "HEAD_EXPRESSION_NAMES")
+    out = torch.zeros(n_expression)
+    for name, value in components.items():
+        out[HEAD_EXPRESSION_NAMES.index(name)] = value
+    return out

@@ -1,28 +1,47 @@
-"""The batch SMIRK trains on (:class:`SmirkBatch`) and the adapter from the synthetic face world.
+"""The batch SMIRK trains on (:class:`SmirkBatch`) and the adapters from the synthetic world and real-face caches.
 
 The training recipe (:class:`smirk.module.SmirkModule`) reads only :class:`SmirkBatch`. Any dataset works once it
-yields a ``SmirkBatch`` or something :func:`as_smirk_batch` converts: today the synthetic face world's
-:class:`facelab.data.synthetic.SyntheticFaceBatch`; real-image datasets (``facelab.data.datasets``) either return
-``SmirkBatch`` directly or get one more branch in :func:`as_smirk_batch`.
+yields a ``SmirkBatch`` or something :func:`as_smirk_batch` converts:
+
+* the synthetic face world's :class:`facelab.data.synthetic.SyntheticFaceBatch` (with FLAME ground truth);
+* real faces of a ``facelab preprocess`` cache, :class:`facelab.data.datasets.FaceCropSample` batches of
+  :class:`facelab.data.datasets.CachedFaceDataModule` (FFHQ, CelebA, MEAD, LRS3: ``configs/data/*.yaml``).
 
 Frames (see :mod:`facelab.render.camera`): landmarks are **NDC** ``(x, y)`` in [-1, 1] of the crop with **+y up**,
 the frame :meth:`facelab.render.WeakPerspectiveCamera.project` produces, so the landmark loss compares like with
-like. (The public SMIRK code normalizes pixel landmarks to [-1, 1] with +y *down*; such coordinates convert by
-negating y.) Detections in pixels convert with :func:`facelab.render.pixels_to_ndc`.
+like. The cache (and the public SMIRK code) normalizes pixel landmarks to [-1, 1] with +y *down*
+(:func:`facelab.data.crop.normalize_points`); those convert by negating y. Detections in pixels convert with
+:func:`facelab.render.pixels_to_ndc`.
 
-Shapes: ``B`` batch, ``H, W`` image size.
+Mediapipe subset: SMIRK fits 105 of mediapipe's 478 face-mesh points, the ones FLAME's mediapipe embedding names in
+its ``landmark_indices`` (``mediapipe_landmark_embedding.npz``, :attr:`facelab.morphable.Flame.mp_indices`); the
+order of that list is the order of :attr:`facelab.morphable.MeshOutput.landmarks_mp`, so a batch must be subset
+with the indices of the FLAME it is compared with (:func:`flame_mediapipe_indices`).
+
+Shapes: ``B`` batch, ``H, W`` image size, ``L`` landmarks.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from facelab.data.datasets import FaceCropSample
 from facelab.data.synthetic import SyntheticFaceBatch
+from facelab.errors import AssetFormatError
+from facelab.io.assets import require_file
+from facelab.morphable.flame import resolve_flame_paths
+from facelab.morphable.flame_assets import FLAME_FILES
 
-__all__ = ["FlameGroundTruth", "SmirkBatch", "as_smirk_batch"]
+__all__ = ["FlameGroundTruth", "SmirkBatch", "as_smirk_batch", "flame_mediapipe_indices"]
+
+#: SMIRK's mediapipe subset size (smirk_reference.md "FLAME").
+N_MEDIAPIPE = 105
 
 
 @dataclass
@@ -110,18 +129,89 @@ def _from_synthetic(batch: SyntheticFaceBatch) -> SmirkBatch:
                       hull_mask=batch.hull_mask, ground_truth=gt)
 
 
-def as_smirk_batch(batch: SmirkBatch | SyntheticFaceBatch) -> SmirkBatch:
+@functools.lru_cache(maxsize=8)
+def _read_mediapipe_indices(path: str) -> Tensor:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            indices = torch.from_numpy(z["landmark_indices"].astype(np.int64).reshape(-1))
+    except (KeyError, ValueError, OSError) as err:
+        raise AssetFormatError(f"{path}: no 'landmark_indices' (SMIRK's mediapipe landmark embedding): {err}") from err
+    if indices.shape != (N_MEDIAPIPE,) or indices.min() < 0:
+        raise AssetFormatError(f"{path}: landmark_indices must be {N_MEDIAPIPE} mediapipe point ids, got "
+                               f"{tuple(indices.shape)}")
+    return indices
+
+
+def flame_mediapipe_indices(flame_path: str | os.PathLike = "synthetic") -> Tensor:
+    """(105,) long: the mediapipe face-mesh points a FLAME's landmark embedding fits, in its landmark order.
+
+    Reads ``landmark_indices`` of the ``mediapipe_landmark_embedding.npz`` beside ``flame_path`` (the same file and
+    values as :attr:`facelab.morphable.Flame.mp_indices`, without building the model).
+
+    Args:
+        flame_path: as ``model.init_args.flame_path``: ``"synthetic"``, a FLAME folder or its ``generic_model.pkl``.
+
+    Raises:
+        MissingAssetError: the embedding file is missing. AssetFormatError: it holds no 105 indices.
+    """
+    paths = resolve_flame_paths(flame_path, {})
+    path = paths["mediapipe"] or paths["model"].parent / FLAME_FILES["mediapipe"]  # None when absent: name it
+    require_file(path, what="FLAME mediapipe landmark embedding (SMIRK's mediapipe_landmark_embedding.npz)",
+                 config_key="model.init_args.flame_path", family="flame")
+    return _read_mediapipe_indices(str(path)).clone()
+
+
+def _from_face_crops(batch: FaceCropSample, mediapipe_indices: Tensor | None) -> SmirkBatch:
+    """Real crops of a ``facelab preprocess`` cache: 478 -> 105 mediapipe points, +y down -> NDC +y up."""
+    if batch.image.dim() != 4:
+        raise ValueError("SMIRK trains on single images: read video caches with one frame per sample "
+                         f"(frames_per_sample=1), got image {tuple(batch.image.shape)}")
+    indices = flame_mediapipe_indices() if mediapipe_indices is None else mediapipe_indices
+    indices = indices.to(device=batch.landmarks_mp.device, dtype=torch.long)
+    lmk = batch.landmarks_mp
+    if lmk.dim() != 3 or lmk.shape[-1] != 2 or lmk.shape[1] <= int(indices.max()):
+        raise ValueError(f"SMIRK needs mediapipe face-mesh landmarks (B, 478, 2) (point ids up to "
+                         f"{int(indices.max())}) in the cache, got {tuple(lmk.shape)}: build the cache with "
+                         "`facelab preprocess` (it runs mediapipe 0.10.21's face mesh)")
+    missing = (lmk == 0).flatten(1).all(dim=1)
+    if missing.any():
+        raise ValueError(f"samples {missing.nonzero()[:, 0].tolist()} of the batch carry no mediapipe landmarks "
+                         "(all zero): rebuild their cache entries with `facelab preprocess`")
+    flip = lmk.new_tensor([1.0, -1.0])  # normalized crop coordinates (+y down) -> NDC (+y up)
+    fan, fan_valid = None, None
+    if bool(batch.has_fan.any()):
+        fan, fan_valid = batch.landmarks_fan * flip, batch.has_fan.bool()
+    return SmirkBatch(image=batch.image, landmarks_mp=lmk.index_select(1, indices) * flip, landmarks_fan=fan,
+                      fan_valid=fan_valid, hull_mask=batch.mask.float())
+
+
+def as_smirk_batch(batch: SmirkBatch | SyntheticFaceBatch | FaceCropSample, mediapipe_indices: Tensor | None = None
+                   ) -> SmirkBatch:
     """The :class:`SmirkBatch` view of a supported batch type.
 
-    A :class:`SyntheticFaceBatch` contributes its image, its 105 mediapipe and 68 iBUG landmarks (NDC, +y up; the
-    68 stand in for FAN detections, all valid), its hull mask and its FLAME ground truth.
+    * :class:`SyntheticFaceBatch`: its image, its 105 mediapipe and 68 iBUG landmarks (NDC, +y up; the 68 stand in
+      for FAN detections, all valid), its hull mask and its FLAME ground truth.
+    * :class:`FaceCropSample` (a ``facelab preprocess`` cache through
+      :class:`~facelab.data.datasets.CachedFaceDataModule`): the image; the 105 of its (B, 478, 2) mediapipe
+      landmarks that ``mediapipe_indices`` name, flipped to NDC +y up; its FAN 68 landmarks (flipped) with
+      ``fan_valid = has_fan`` when any sample has them, else None (the FAN loss is skipped); its convex-hull mask
+      as ``hull_mask``; no ground truth.
+
+    Args:
+        batch: the batch.
+        mediapipe_indices: (105,) the FLAME's :attr:`~facelab.morphable.Flame.mp_indices` (real crops only);
+            None: the synthetic FLAME's (:func:`flame_mediapipe_indices`). With a real FLAME pass its own: the
+            subset's order must be the order of the model's ``landmarks_mp``.
 
     Raises:
         TypeError: an unsupported batch type.
+        ValueError: a batch SMIRK cannot train on (video clips, no mediapipe landmarks, ...).
     """
     if isinstance(batch, SmirkBatch):
         return batch
     if isinstance(batch, SyntheticFaceBatch):
         return _from_synthetic(batch)
+    if isinstance(batch, FaceCropSample):
+        return _from_face_crops(batch, mediapipe_indices)
     raise TypeError(f"SMIRK cannot read a batch of type {type(batch).__name__}: yield smirk.data.SmirkBatch or "
                     "add a conversion to smirk.data.as_smirk_batch")

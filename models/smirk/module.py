@@ -40,7 +40,7 @@ from facelab.io.weights import load_state_dict_strict, read_state_dict
 from facelab.morphable import Flame, FlameParams, MeshOutput
 from facelab.render import MeshRenderer, RenderOutput, ndc_to_pixels, smirk_lights
 from facelab.viz import draw_landmarks, mesh_overlay, rows_grid
-from smirk.cycle import AUGMENTATION_GROUPS, ExpressionTemplates, augment_expressions
+from smirk.cycle import AUGMENTATION_GROUPS, ExpressionTemplates, augment_expressions, synthetic_templates
 from smirk.data import FlameGroundTruth, SmirkBatch, as_smirk_batch
 from smirk.losses import (
     CycleLoss,
@@ -179,8 +179,10 @@ class SmirkModule(LightningModule):
         emotion_loss: an already built :class:`EmotionFeatureLoss` (e.g. EMOCA's with ``key_prefix``).
         cycle_loss: the cycle path's loss with its inner weights; None: :class:`CycleLoss` (exp 1, jaw 10,
             eyelids 10, shape 1 on generator batches).
-        templates_path: FaMoS expression templates (:class:`smirk.cycle.ExpressionTemplates` ``.npz``) for the
-            cycle path's template-injection group; None drops that group (logged).
+        templates_path: expression templates for the cycle path's template-injection group: an
+            :class:`smirk.cycle.ExpressionTemplates` ``.npz`` (e.g. FaMoS fits), ``"synthetic"`` for
+            :func:`smirk.cycle.synthetic_templates` (only with the synthetic FLAME, ``flame_path: synthetic``), or
+            None to drop that group (logged).
         cycle_groups: the cycle path's augmentation groups (supplementary Table 3 ablations are subsets).
         lr: base learning rate; None: 5e-4 in pretraining, 1e-3 in the core phase (supplementary §1.6).
         encoder_lr_factor: core phase: encoder lr = factor x ``lr`` (0.25).
@@ -261,7 +263,7 @@ class SmirkModule(LightningModule):
         self.shape_teacher = self._feature_loss("shape_teacher", None, mica_path, "mica_path",
                                                 lambda p: MicaShapeTeacher(weights_path=p, n_shape=n_shape))
         self.cycle_loss = cycle_loss if cycle_loss is not None else CycleLoss()
-        self.cycle_groups = self._cycle_groups(tuple(cycle_groups), templates_path, n_expression)
+        self.cycle_groups = self._cycle_groups(tuple(cycle_groups), templates_path, flame_path, n_expression)
         self._gt_models: dict[int, Flame] = {}  # validation: FLAME with the ground truth's expression count
         self._skipped_steps = 0
         self._batches_seen = 0
@@ -305,14 +307,22 @@ class SmirkModule(LightningModule):
             return None
         return build(path)
 
-    def _cycle_groups(self, groups: tuple[str, ...], templates_path: str | None, n_expression: int
-                      ) -> tuple[str, ...]:
+    def _cycle_groups(self, groups: tuple[str, ...], templates_path: str | None, flame_path: str,
+                      n_expression: int) -> tuple[str, ...]:
+        """The cycle path's groups; registers the (T, n_expression) ``templates`` buffer (T = 0 without them)."""
         templates = torch.zeros(0, n_expression)
         if "template" in groups and self.phase == "core":
             if templates_path is None:
                 rank_zero_info("SMIRK cycle path: no templates_path, the template-injection group is dropped "
                                "(build FaMoS templates with smirk.cycle.build_templates)")
                 groups = tuple(g for g in groups if g != "template")
+            elif templates_path == "synthetic":
+                if not str(flame_path).startswith("synthetic"):
+                    raise ValueError(f"templates_path 'synthetic' acts expressions out in the synthetic FLAME's "
+                                     f"components, which mean nothing for the FLAME at {flame_path!r}: set "
+                                     "model.init_args.templates_path to your templates .npz, or null to drop the "
+                                     "template group")
+                templates = synthetic_templates(n_expression).expressions()
             else:
                 templates = ExpressionTemplates.load(templates_path, "model.init_args.templates_path").expressions(
                     n_expression)
@@ -424,7 +434,7 @@ class SmirkModule(LightningModule):
 
     # ---------------------------------------------------------------------------------------------- training
     def _prepare(self, batch) -> SmirkBatch:
-        batch = as_smirk_batch(batch)
+        batch = as_smirk_batch(batch, self.flame.mp_indices)  # real crops: this FLAME's 105-point order
         if batch.image_size != (self.image_size, self.image_size):
             raise ValueError(f"SMIRK was built for {self.image_size}x{self.image_size} crops (model.init_args."
                              f"image_size) but the batch has {batch.image_size}: set both sizes alike")

@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from facelab.errors import MissingAssetError
+from facelab.data.wrinkles import ACTION_CHANNELS, ActionUnitMap
+from facelab.errors import AssetFormatError, MissingAssetError
+from facelab.morphable import FlameParams
+from facelab.morphable.synthetic import synthetic_asset_dir
 from smirk.cycle import (
     AUGMENTATION_GROUPS,
+    FAMOS_TEMPLATE_NAMES,
     ExpressionTemplates,
     augment_expressions,
     build_templates,
@@ -16,11 +20,15 @@ from smirk.cycle import (
     jitter_jaw,
     permute_expression,
     random_expression,
+    read_expression_fits,
+    synthetic_templates,
     template_expression,
     transfer_pixels,
     zero_expression,
 )
 from smirk.masking import MeshPoints
+from smirk.module import SmirkModule
+from smirk.networks import SmirkGenerator
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -118,6 +126,94 @@ def test_templates_roundtrip(tmp_path):
     assert loaded.expressions(20).shape == (4, 20) and loaded.expressions(60).shape == (4, 60)
     with pytest.raises(MissingAssetError, match="build_templates"):
         ExpressionTemplates.load(tmp_path / "missing.npz")
+
+
+def test_read_expression_fits_pools_classes_over_subjects(tmp_path):
+    for subject in ("s1", "s2"):
+        (tmp_path / subject).mkdir()
+        np.save(tmp_path / subject / "kissing.npy", np.ones((2, 50), np.float32))
+    np.savez(tmp_path / "s1" / "jaw.npz", expression=np.zeros(50, np.float32), jaw=np.array([0.2, 0.0, 0.0]))
+    templates = read_expression_fits(tmp_path)
+    assert templates.names == ("jaw", "kissing") and templates.expression.shape == (5, 50)
+    assert templates.of("kissing").shape == (4, 50) and templates.jaw[0].tolist() == pytest.approx([0.2, 0, 0])
+    np.savez(tmp_path / "s2" / "bad.npz", exp=np.zeros(50))
+    with pytest.raises(AssetFormatError, match="expression"):
+        read_expression_fits(tmp_path)
+    with pytest.raises(MissingAssetError, match="no expression fits"):
+        read_expression_fits(tmp_path / "s3")
+
+
+def test_synthetic_templates_cover_the_famos_classes(tmp_path):
+    templates = synthetic_templates(50)
+    assert templates.names == FAMOS_TEMPLATE_NAMES and len(templates) == 13  # mouth_side: left and right
+    assert templates.expression.shape == (13, 50) and templates.jaw.shape == (13, 3)
+    assert templates.eyelids.shape == (13, 2)
+    assert torch.count_nonzero(templates.expression[:, 28:]) == 0  # only the head's named components
+    assert (templates.expression.abs().amax(dim=1) >= 1.5).all()  # strong, like the world's N(0, 1) draws
+    templates.save(tmp_path / "t.npz")
+    assert torch.equal(ExpressionTemplates.load(tmp_path / "t.npz").expression, templates.expression)
+    assert synthetic_templates(100, classes=("jaw", "kissing")).names == ("jaw", "kissing")
+    with pytest.raises(ValueError, match="at least 28"):
+        synthetic_templates(20)
+    with pytest.raises(ValueError, match="subset"):
+        synthetic_templates(50, classes=("yawn",))
+
+
+def test_synthetic_templates_act_out_their_classes(flame):
+    """Read back through the synthetic world's own action-unit map and the FLAME geometry."""
+    templates = synthetic_templates(flame.n_expression)
+    au_map = ActionUnitMap.for_model("flame", flame, synthetic=True)
+    channels = au_map.channels(templates.expression, templates.jaw)
+
+    def strength(name: str, *channel_names: str) -> float:
+        rows = channels[templates.labels == templates.names.index(name)]
+        return float(rows[:, [ACTION_CHANNELS.index(c) for c in channel_names]].mean())
+
+    assert strength("high_smile", "AU12_L", "AU12_R") > 0.8
+    assert strength("kissing", "AU18") > 0.8
+    assert strength("lips_back", "AU20") > 0.8
+    assert strength("rolling_lips", "AU23") > 0.8
+    assert strength("mouth_down", "AU15_L", "AU15_R") > 0.8
+    assert strength("jaw", "AU26") > 0.5 and strength("jaw", "AU25") > 0.8
+
+    n = len(templates)
+    zero = torch.zeros(n, flame.n_shape)
+    with torch.no_grad():
+        neutral = flame(FlameParams(shape=zero, expression=torch.zeros(n, flame.n_expression)))
+        acted = flame(FlameParams(shape=zero, expression=templates.expression))
+        with_jaw = flame(FlameParams(shape=zero, expression=templates.expression, jaw_pose=templates.jaw))
+    jaw = templates.names.index("jaw")
+    row = int((templates.labels == jaw).nonzero()[0])
+
+    def lip_gap(mesh) -> float:  # iBUG 62 / 66: inner upper / lower lip middle (metres, +y up)
+        return float(mesh.landmarks68[row, 62, 1] - mesh.landmarks68[row, 66, 1])
+
+    # the expression alone parts the lips (what the cycle path injects); the template's jaw opens the mouth
+    assert lip_gap(acted) > lip_gap(neutral) + 1e-3 and lip_gap(with_jaw) > lip_gap(neutral) + 1e-2
+    side = (templates.labels == templates.names.index("mouth_side")).nonzero()[:, 0]
+    mouth = slice(48, 68)
+    shift = (acted.landmarks68[side, mouth, 0] - neutral.landmarks68[side, mouth, 0]).mean(dim=1)
+    assert shift[0] > 1e-3 and shift[1] < -1e-3  # to the subject's left (+x), then right
+
+
+def _core_module(**kwargs) -> SmirkModule:
+    generator = SmirkGenerator(channels=(8, 16, 32, 64), bottleneck_channels=64, n_res_blocks=1)
+    return SmirkModule(phase="core", image_size=32, generator=generator, **kwargs)
+
+
+def test_module_uses_synthetic_templates_only_with_the_synthetic_flame(caplog):
+    module = _core_module(flame_path="synthetic", templates_path="synthetic")
+    assert module.cycle_groups == AUGMENTATION_GROUPS
+    assert module.templates.shape == (13, 50)
+    assert torch.equal(module.templates, synthetic_templates(50).expression)
+    # the same model read from its folder counts as a user's FLAME: the synthetic components mean nothing there
+    folder = str(synthetic_asset_dir("flame"))
+    with pytest.raises(ValueError, match="templates_path"):
+        _core_module(flame_path=folder, templates_path="synthetic")
+    with caplog.at_level("INFO"):
+        module = _core_module(flame_path=folder, templates_path=None)
+    assert module.cycle_groups == ("random", "permutation", "zero") and module.templates.shape == (0, 50)
+    assert "template-injection group is dropped" in caplog.text
 
 
 def test_transfer_pixels_moves_with_the_triangle():

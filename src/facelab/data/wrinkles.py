@@ -93,6 +93,7 @@ __all__ = [
     "ACTION_CHANNELS",
     "ARKIT_TO_CHANNELS",
     "AU_NAMES",
+    "HEAD_EXPRESSION_NAMES",
     "HEAD_EXPRESSION_TABLE",
     "WRINKLE_PATTERNS",
     "ActionUnitMap",
@@ -142,6 +143,15 @@ HEAD_EXPRESSION_TABLE: dict[int, tuple[_Weights, _Weights]] = {
     24: ({"AU14_L": 1.0}, {}),
     25: ({"AU14_R": 1.0}, {}),
 }
+
+#: Names of the procedural head's 28 semantic expression components, in basis order (the table of the module
+#: docstring; ``left`` / ``right`` are the subject's sides). The synthetic FLAME holds them at indices 0..27.
+HEAD_EXPRESSION_NAMES = (
+    "brows_up", "frown", "inner_brows_up", "left_brow_up", "right_brow_up", "left_squint", "right_squint",
+    "eyes_wide", "smile_left", "smile_right", "lip_corner_down_left", "lip_corner_down_right", "pucker", "funnel",
+    "lip_press", "stretch", "upper_lip_up", "lower_lip_down", "cheek_puff", "nose_wrinkle", "mouth_left",
+    "mouth_right", "lips_roll_in", "chin_raise", "dimple_left", "dimple_right", "lower_lip_pout", "upper_lip_pout",
+)
 
 #: ARKit blendshape name -> channels (ICT-FaceKit; ``_L`` is the subject's left). Unlisted names drive nothing.
 ARKIT_TO_CHANNELS: dict[str, _Weights] = {
