@@ -24,14 +24,13 @@ import numpy as np
 import torch
 
 from facelab.data.cache import CacheWriter, FaceRecord
-from facelab.data.crop import crop_params, invert_affine, transform_points, warp_crop
+from facelab.data.crop import crop_params, crop_uint8, mesh_landmarks_in_box, transform_points
 from facelab.data.image_io import DataError, is_image_file, list_images, read_image
 from facelab.data.video import VIDEO_EXTENSIONS, is_video_file, iter_frames
 
 __all__ = ["FacePreprocessor", "PreprocessOptions", "add_parser", "collect_inputs", "run_preprocess"]
 
 #: Loose crop used to run mediapipe on one detected face: box side times this, resampled to this many pixels.
-_MESH_CROP_SCALE, _MESH_CROP_SIZE = 2.0, 256
 
 
 @dataclass
@@ -125,18 +124,9 @@ class FacePreprocessor:
                    frame: int, face: int) -> FaceRecord:
         from facelab.data.landmarks import hull_mask
 
-        box_t = torch.from_numpy(box.astype(np.float64))
-        loose = crop_params(box_t, _MESH_CROP_SCALE, _MESH_CROP_SIZE)
-        loose_img = _to_uint8(warp_crop(src.double(), loose[None], _MESH_CROP_SIZE))
-        pts_loose = self.mesh(loose_img)
-        if pts_loose is None:
-            raise DataError("no_landmarks", "mediapipe found no face mesh in the detected face")
-        pts_src = transform_points(torch.from_numpy(pts_loose).double(), invert_affine(loose))
-        centre = 0.5 * (pts_src.amin(0) + pts_src.amax(0))
-        if not (box_t[0] <= centre[0] <= box_t[2] and box_t[1] <= centre[1] <= box_t[3]):
-            raise DataError("landmarks_mismatch", "mediapipe's face is not the detected face (neighbouring face?)")
+        pts_src = mesh_landmarks_in_box(src.double(), torch.from_numpy(box.astype(np.float64)), self.mesh)
         matrix = crop_params(pts_src, self.options.scale, self.options.size)
-        crop = _to_uint8(warp_crop(src.double(), matrix[None], self.options.size))
+        crop = crop_uint8(src.double(), matrix, self.options.size)
         lmk_mp = transform_points(pts_src, matrix).float().numpy()
         fan = None
         if self.fan is not None:
@@ -145,11 +135,6 @@ class FacePreprocessor:
         return FaceRecord(image=crop, landmarks_mp=lmk_mp, mask=hull_mask(lmk_mp, crop.shape[:2]),
                           matrix=matrix.float().numpy(), score=score, source=source, frame=frame, face=face,
                           landmarks_fan=fan)
-
-
-def _to_uint8(batch: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) float 0..255 → (H, W, 3) uint8."""
-    return batch[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
 
 
 def collect_inputs(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[Path]]:

@@ -40,13 +40,18 @@ import numpy as np
 import torch
 
 from facelab.cli.preprocess import (
-    _MESH_CROP_SCALE,
-    _MESH_CROP_SIZE,
-    _to_uint8,
     check_output_location,
     collect_inputs,
 )
-from facelab.data.crop import crop_params, invert_affine, paste_back, transform_points, warp_crop
+from facelab.data.crop import (
+    crop_params,
+    crop_uint8,
+    invert_affine,
+    mesh_landmarks_in_box,
+    paste_back,
+    transform_points,
+    warp_crop,
+)
 from facelab.data.image_io import DataError, read_image
 from facelab.data.video import iter_frames, probe_video
 from facelab.masks import convex_hull_mask
@@ -196,7 +201,7 @@ class FaceCropper:
         box_t = torch.as_tensor(np.asarray(box, np.float64))
         landmarks = self._landmarks(src, box_t) if self.landmarker is not None else None
         matrix = crop_params(landmarks if landmarks is not None else box_t, self.scale, self.size)
-        crop = _to_uint8(warp_crop(src, matrix[None], self.size))
+        crop = crop_uint8(src, matrix, self.size)
         if landmarks is not None:
             landmarks = transform_points(landmarks, matrix).float().numpy()
         return FaceCrop(image=crop, matrix=matrix.numpy(), box=np.asarray(box, np.float32), score=score,
@@ -204,15 +209,11 @@ class FaceCropper:
 
     def _landmarks(self, src: torch.Tensor, box: torch.Tensor) -> torch.Tensor | None:
         """(478, 2) float64 mediapipe landmarks in image pixels of the face in ``box``, or None (no mesh found, or
-        the mesh found belongs to a neighbouring face)."""
-        loose = crop_params(box, _MESH_CROP_SCALE, _MESH_CROP_SIZE)
-        points = self.landmarker(_to_uint8(warp_crop(src, loose[None], _MESH_CROP_SIZE)))
-        if points is None:
+        the mesh found belongs to a neighbouring face: the crop then falls back to the box)."""
+        try:
+            return mesh_landmarks_in_box(src, box, self.landmarker)
+        except DataError:
             return None
-        points = transform_points(torch.from_numpy(np.asarray(points, np.float64)), invert_affine(loose))
-        centre = 0.5 * (points.amin(0) + points.amax(0))
-        inside = bool(box[0] <= centre[0] <= box[2]) and bool(box[1] <= centre[1] <= box[3])
-        return points if inside else None
 
 
 def build_cropper(options: ReconstructOptions, size: int, detector: Callable | None = None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import warp_affine
@@ -26,13 +27,18 @@ __all__ = [
     "FIVE_POINT_FACE_SIZE",
     "crop_matrix",
     "crop_params",
+    "crop_uint8",
     "invert_affine",
+    "mesh_landmarks_in_box",
     "normalize_points",
     "paste_back",
     "transform_points",
     "unnormalize_points",
     "warp_crop",
 ]
+
+#: The loose crop a face-mesh landmarker sees around a detection box (scale of the box, side in pixels).
+MESH_CROP_SCALE, MESH_CROP_SIZE = 2.0, 256
 
 #: Face size (mean of box width and height) per unit distance between the eye midpoint and the mouth midpoint, used
 #: when a crop is computed from MTCNN's 5 points (MTCNN's own box on skimage's astronaut: 98.4 px for 37.9 px).
@@ -205,3 +211,47 @@ def unnormalize_points(points: Tensor, size: int | tuple[int, int]) -> Tensor:
     h, w = (size, size) if isinstance(size, int) else size
     scale = points.new_tensor([w, h])
     return (points + 1.0) * 0.5 * scale
+
+
+def crop_uint8(src: Tensor, matrix: Tensor, size: int) -> np.ndarray:
+    """Warp one image into a crop and return it as an (size, size, 3) uint8 RGB array.
+
+    Args:
+        src: (1, 3, H, W) float image with values in 0..255 (float64 keeps the warp exact).
+        matrix: (2, 3) crop matrix (source pixels -> crop pixels).
+        size: crop side.
+    """
+    out = warp_crop(src, matrix[None].to(src), size)
+    return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
+
+
+def mesh_landmarks_in_box(src: Tensor, box: Tensor, landmarker) -> Tensor:
+    """Face-mesh landmarks (e.g. mediapipe's 478) of the face in a detection box, in source-image pixels.
+
+    The landmarker sees a loose crop (:data:`MESH_CROP_SCALE` x the box, :data:`MESH_CROP_SIZE` px) and its points
+    are mapped back through the inverse warp. The mesh must be the detected face: the centre of its bounding box has
+    to lie inside ``box`` (a neighbouring face in the loose crop is refused).
+
+    Args:
+        src: (1, 3, H, W) float64 image, values 0..255.
+        box: (4,) ``[u0, v0, u1, v1]`` detection box in pixels.
+        landmarker: callable (h, w, 3) uint8 RGB -> (N, 2) pixel points or None (no mesh found).
+
+    Returns:
+        (N, 2) float64 points in source pixels.
+
+    Raises:
+        DataError: ``no_landmarks`` (the landmarker found nothing) or ``landmarks_mismatch`` (another face).
+    """
+    from facelab.data.image_io import DataError
+
+    box = torch.as_tensor(box, dtype=torch.float64)
+    loose = crop_params(box, MESH_CROP_SCALE, MESH_CROP_SIZE)
+    points = landmarker(crop_uint8(src, loose, MESH_CROP_SIZE))
+    if points is None:
+        raise DataError("no_landmarks", "mediapipe found no face mesh in the detected face")
+    points = transform_points(torch.from_numpy(np.asarray(points, np.float64)), invert_affine(loose))
+    centre = 0.5 * (points.amin(0) + points.amax(0))
+    if not (box[0] <= centre[0] <= box[2] and box[1] <= centre[1] <= box[3]):
+        raise DataError("landmarks_mismatch", "mediapipe's face is not the detected face (neighbouring face?)")
+    return points
