@@ -18,7 +18,6 @@ crop's top-left corner, +v down). Shapes: ``B`` batch, ``S`` crop side, ``V`` ve
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 
 from facelab.errors import AssetFormatError, MissingAssetError
 from facelab.io.assets import require_file
-from facelab.io.weights import load_state_dict_strict
+from facelab.io.weights import load_state_dict_strict, read_checkpoint
 from facelab.masks import convex_hull_mask
 from facelab.morphable import Flame
 from facelab.render import MeshRenderer, ndc_to_pixels, smirk_lights
@@ -113,17 +112,7 @@ def read_smirk_checkpoint(path: str | Path, config_key: str = "--ckpt") -> Smirk
         AssetFormatError: not loadable with ``weights_only=True``, or no SMIRK encoder weights inside.
     """
     file = require_file(path, what="SMIRK checkpoint", config_key=config_key, family="weights")
-    try:
-        try:
-            raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:  # files in torch's legacy (non-zip) format cannot be memory-mapped
-            if "mmap" not in str(err):
-                raise
-            raw = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise AssetFormatError(f"{file}: not a checkpoint torch can load with weights_only=True ({err})") from err
-    if not isinstance(raw, dict):
-        raise AssetFormatError(f"{file}: expected a checkpoint dict, got {type(raw).__name__}")
+    raw = read_checkpoint(file, what="SMIRK checkpoint", config_key=config_key)
     state = raw["state_dict"] if isinstance(raw.get("state_dict"), dict) else raw
     hparams = dict(raw.get("hyper_parameters") or {})
     encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")} or state

@@ -13,6 +13,31 @@ from facelab.errors import AssetFormatError
 from facelab.io.assets import require_file
 
 
+def read_checkpoint(path: str | os.PathLike, *, what: str, config_key: str | None = None) -> dict:
+    """The whole object of a local ``torch.save`` file, read with ``torch.load(weights_only=True)``.
+
+    Zip-format files are memory-mapped (tensors are read when touched); legacy files are read whole. Use it for
+    Lightning checkpoints whose ``hyper_parameters`` matter; :func:`read_state_dict` for the weights alone.
+
+    Raises:
+        MissingAssetError: no such file (the message names ``config_key``).
+        AssetFormatError: not loadable with ``weights_only=True``, or not a dict.
+    """
+    file = require_file(path, what=what, config_key=config_key, family="weights")
+    try:
+        try:
+            raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # torch's legacy (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            raw = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise AssetFormatError(f"{file}: not a weights file torch can load with weights_only=True ({err})") from err
+    if not isinstance(raw, dict):
+        raise AssetFormatError(f"{file}: expected a checkpoint or state dict, got {type(raw).__name__}")
+    return raw
+
+
 def read_state_dict(path: str | os.PathLike, *, what: str, config_key: str | None = None) -> dict[str, Tensor]:
     """A state dict from a local ``.pt/.pth/.ckpt`` (``torch.load(weights_only=True)``) or ``.safetensors`` file.
 
@@ -30,10 +55,7 @@ def read_state_dict(path: str | os.PathLike, *, what: str, config_key: str | Non
         from safetensors.torch import load_file
 
         return load_file(str(file))
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise AssetFormatError(f"{file}: not a weights file torch can load with weights_only=True ({err})") from err
+    state = read_checkpoint(file, what=what, config_key=config_key)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
