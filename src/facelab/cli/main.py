@@ -3,6 +3,7 @@
     facelab assets synthetic --family flame --out DIR [--seed S] [--size full|tiny]
     facelab bench flame [--device auto|cpu|cuda] [--csv PATH]
     facelab preprocess --input DIR_OR_VIDEO --out DIR [--scale 1.6] [--size 224]
+    facelab reconstruct --method smirk --ckpt CKPT --input IMAGE|DIR|VIDEO --out DIR [--translator] [--smooth N]
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the parser's ``func`` runs it.
 """
@@ -14,7 +15,8 @@ import importlib
 import sys
 
 #: Modules that contribute subcommands (later methods add reconstruct, preprocess, evaluate, ...).
-SUBCOMMAND_MODULES = ("facelab.cli.assets", "facelab.cli.bench", "facelab.cli.preprocess")
+SUBCOMMAND_MODULES = ("facelab.cli.assets", "facelab.cli.bench", "facelab.cli.preprocess", "facelab.cli.reconstruct",
+                       "facelab.cli.evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

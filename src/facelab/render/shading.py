@@ -39,7 +39,9 @@ def face_normals(verts: Tensor, faces: Tensor, normalize: bool = True) -> Tensor
     Returns:
         (B, F, 3).
     """
-    v0, v1, v2 = verts[:, faces[:, 0]], verts[:, faces[:, 1]], verts[:, faces[:, 2]]
+    # One gather of all corners (index_select of a flat index is several times faster than three fancy indexes).
+    corners = verts.index_select(1, faces.reshape(-1)).view(verts.shape[0], faces.shape[0], 3, 3)
+    v0, v1, v2 = corners.unbind(2)
     n = torch.cross(v1 - v0, v2 - v0, dim=-1)
     return F.normalize(n, dim=-1, eps=1e-12) if normalize else n
 
@@ -54,11 +56,15 @@ def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
     Returns:
         (B, V, 3) unit normals (zero for vertices no face uses).
     """
+    b, n_verts = verts.shape[:2]
     fn = face_normals(verts, faces, normalize=False)  # (B, F, 3)
-    normals = torch.zeros_like(verts)
+    # Accumulate in a vertex-major (V, B*3) layout: index_add along the first axis adds whole contiguous rows,
+    # several times faster than along axis 1 of (B, V, 3). Same sums in the same order, so the same values.
+    per_face = fn.transpose(0, 1).reshape(faces.shape[0], b * 3)
+    normals = verts.new_zeros(n_verts, b * 3)
     for k in range(3):
-        normals = normals.index_add(1, faces[:, k], fn)
-    return F.normalize(normals, dim=-1, eps=1e-12)
+        normals = normals.index_add(0, faces[:, k], per_face)
+    return F.normalize(normals.view(n_verts, b, 3).transpose(0, 1).contiguous(), dim=-1, eps=1e-12)
 
 
 @dataclass
