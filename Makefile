@@ -38,6 +38,7 @@ bench: install
 	$(VENV)/bin/facelab bench flame
 	$(VENV)/bin/facelab bench raster
 	$(VENV)/bin/facelab bench data
+	$(VENV)/bin/facelab bench smirk
 
 ## SMIRK quick start on the synthetic world (CPU-sized): a short pretraining, then the core phase from its checkpoint.
 FIT_LOGS ?= logs

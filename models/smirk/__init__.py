@@ -7,7 +7,7 @@ Building blocks the training recipe wires together (see ``shared/docs/smirk_refe
 * :mod:`smirk.masking`: the generator's masked input (:class:`SmirkMasker`).
 * :mod:`smirk.cycle`: the augmented expression cycle path and expression templates.
 * :mod:`smirk.losses`: the loss terms.
-* :mod:`smirk.bench`: ``python -m smirk.bench``, speed of the blocks at 224².
+* :mod:`smirk.bench`: ``facelab bench smirk``, the training-step split and inference throughput at 224².
 
 Wiring (what ``tests/smirk/test_pipeline.py`` runs; ``renderer = MeshRenderer.from_model(flame, region="face")``,
 ``masker.set_topology(flame.faces, flame.regions, allowed_faces=flame.region_faces("face"))`` once)::

@@ -32,7 +32,8 @@ Without weight files the module disables the VGG perceptual and emotion losses (
 **Inference** (``--infer-batch``, default B = 1 and 32): images/s of the bare encoder stack (``module.encoder``) and
 of the whole reconstruction, ``module._render(module.encoder(image))`` (encoders + FLAME + the face-region
 render, exactly what training renders), under ``torch.inference_mode``. The two are timed interleaved (one call
-of each per repetition, medians reported) so that load from other processes hits both alike.
+of each per repetition, medians of at least ``--repeat`` repetitions and ``--min-time`` seconds) so that load from
+other processes hits both alike.
 
 **Columns**: ``ms`` per batch (training rows: mean over the timed batches; inference: median); ``items_per_s``
 images/s; ``pct`` share of the training step; ``gen_batch_ms`` / ``enc_batch_ms`` the same on generator /
@@ -87,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="timed training batches per batch kind, and timed inference calls (medians)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training batches / inference calls first")
+    parser.add_argument("--min-time", type=float, default=3.0,
+                        help="inference: keep repeating until this many seconds are spent per batch size (small "
+                             "batches get many repetitions, so their medians are stable)")
     parser.add_argument("--feature-losses", action="store_true",
                         help="include the VGG perceptual and emotion losses (random weights, real compute)")
     parser.add_argument("--threads", type=int, default=None,
@@ -292,9 +296,12 @@ def training_rows(phase: str, profiler: StepProfiler, batch_size: int, device: s
     overall = profiler.summary()
     kinds = {"gen": profiler.summary(lambda i: i % 2 == 0), "enc": profiler.summary(lambda i: i % 2 == 1)}
     step_ms = overall["total"]["step"]
+    extra = _kind_columns(kinds, phase, lambda s: s["total"]["step"]) | {"pct": 100.0}
+    if phase == "core":
+        extra |= {path: sum(paths.get(path[:-3], 0.0) for paths in overall.values())
+                  for path in ("recon_ms", "cycle_ms")}
     rows = [BenchRow(bench="smirk", impl=f"train_{phase}", device=device, batch=batch_size, ms=step_ms,
-                     items_per_s=batch_size * 1e3 / step_ms, peak_mem_mb=profiler.peak_mem_mb,
-                     extra=_kind_columns(kinds, phase, lambda s: s["total"]["step"]) | {"pct": 100.0})]
+                     items_per_s=batch_size * 1e3 / step_ms, peak_mem_mb=profiler.peak_mem_mb, extra=extra)]
     for stage in STAGES:
         paths = overall.get(stage, {})
         ms = sum(paths.values())
@@ -353,13 +360,16 @@ def _proc_status_kb(field: str) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def interleaved_medians(fns: Sequence[Callable[[], object]], device: str, warmup: int, repeat: int) -> list[float]:
-    """Median ms of each function, timed round-robin (one call of each per repetition)."""
+def interleaved_medians(fns: Sequence[Callable[[], object]], device: str, warmup: int, repeat: int,
+                        min_time_s: float = 0.0) -> list[float]:
+    """Median ms of each function, timed round-robin (one call of each per repetition), over at least ``repeat``
+    repetitions and at least ``min_time_s`` seconds."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
+    start = time.perf_counter()
+    while len(times[0]) < repeat or time.perf_counter() - start < min_time_s:
         for fn, record in zip(fns, times):
             synchronize(device)
             t0 = time.perf_counter()
@@ -390,7 +400,8 @@ def inference_rows(module, device: str, args: argparse.Namespace) -> list[BenchR
                            generator=torch.Generator(device).manual_seed(args.seed))
         encoders = functools.partial(encode, module, image)
         reconstruction = functools.partial(reconstruct, module, image)
-        enc_ms, rec_ms = interleaved_medians([encoders, reconstruction], device, max(1, args.warmup), args.repeat)
+        enc_ms, rec_ms = interleaved_medians([encoders, reconstruction], device, max(1, args.warmup), args.repeat,
+                                             args.min_time)
         ratio = enc_ms / rec_ms
         for name, ms, fn, extra in (("infer/encoders", enc_ms, encoders, {}),
                                     ("infer/reconstruction", rec_ms, reconstruction, {"ratio_vs_encoders": ratio})):
@@ -417,6 +428,14 @@ def run(args: argparse.Namespace) -> list[BenchRow]:
         if not args.skip_infer:
             module = make_module("core", args.size, False, args.seed).to(device)
             rows += inference_rows(module, device, args)
+    return _same_columns(rows)
+
+
+def _same_columns(rows: list[BenchRow]) -> list[BenchRow]:
+    """Give every row every extra column (NaN where it does not apply): the table prints the first row's."""
+    columns = list(dict.fromkeys(key for row in rows for key in row.extra))
+    for row in rows:
+        row.extra = {key: row.extra.get(key, math.nan) for key in columns}
     return rows
 
 

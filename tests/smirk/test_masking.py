@@ -178,3 +178,13 @@ def test_sampling_restricted_to_allowed_faces(flame, scene, face_weights):
     outside = torch.ones(flame.num_faces, dtype=torch.bool)
     outside[flame.region_faces("face")] = False
     assert masker.face_weights[outside].max() == 0 and masker.face_weights.max() == 1
+
+
+@pytest.mark.parametrize("size", [1, 3, 11, 21])
+def test_separable_max_filter_equals_max_pool(size):
+    from smirk.masking import _max_filter
+
+    g = torch.Generator().manual_seed(size)
+    for x in (torch.rand(2, 1, 37, 29, generator=g), (torch.rand(2, 1, 37, 29, generator=g) > 0.9).float()):
+        expected = torch.nn.functional.max_pool2d(x, size, stride=1, padding=size // 2)
+        assert torch.equal(_max_filter(x, size), expected)
