@@ -26,6 +26,7 @@ from facelab.render.camera import WeakPerspectiveCamera
 __all__ = [
     "DoubleConv",
     "ExpressionEncoder",
+    "inward_clamp",
     "ExpressionOutput",
     "PoseEncoder",
     "PoseOutput",
@@ -214,6 +215,39 @@ class ShapeEncoder(_ImageEncoder):
         return self.raw(image)
 
 
+class _InwardClamp(torch.autograd.Function):
+    """``x.clamp(lo, hi)`` whose backward lets a gradient through outside ``[lo, hi]`` when it points back inside."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float, hi: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        # Gradient descent moves x by -grad: above hi only a positive gradient brings it down, below lo a negative.
+        blocked = ((x > ctx.hi) & (grad < 0)) | ((x < ctx.lo) & (grad > 0))
+        return grad.masked_fill(blocked, 0.0), None, None
+
+
+def inward_clamp(x: Tensor, lo: float = float("-inf"), hi: float = float("inf")) -> Tensor:
+    """SMIRK's output clamps (``relu`` is ``lo=0``) with gradients that can bring a saturated output back.
+
+    The forward value is exactly ``x.clamp(lo, hi)``. A hard clamp has zero gradient past its bound, so an output
+    pushed there early (random backbones, the first steps) can never return: we measured jaw[1:3] pinned at
+    +-0.2 and the eyelids at 0 on every image after landmark pretraining. Here the gradient passes where descending
+    it moves ``x`` towards ``[lo, hi]`` and is blocked where it would push ``x`` further out, so the raw value never
+    drifts beyond the bound either.
+    """
+    return _InwardClamp.apply(x, lo, hi)
+
+
+def _hard_clamp(x: Tensor, lo: float = float("-inf"), hi: float = float("inf")) -> Tensor:
+    return x.clamp(lo, hi)
+
+
 class ExpressionEncoder(_ImageEncoder):
     """Expression, eyelids and jaw from a face crop (smirk_reference.md, "Encoders").
 
@@ -227,14 +261,18 @@ class ExpressionEncoder(_ImageEncoder):
         normalize_input: map [0, 1] input with the backbone's mean/std inside the module.
         max_jaw_side: bound of ``|jaw[1:3]|``.
         channels_last: run the backbone in the NHWC memory layout (faster, same results).
+        inward_gradients: the clamps and the ReLU pass gradients that point back inside their range
+            (:func:`inward_clamp`; same outputs); False: the reference's hard ``clamp``/``relu``, whose saturated
+            outputs get no gradient.
     """
 
     def __init__(self, n_expression: int = 50, pretrained_path: str | None = None, normalize_input: bool = True,
-                 max_jaw_side: float = 0.2, channels_last: bool = True) -> None:
+                 max_jaw_side: float = 0.2, channels_last: bool = True, inward_gradients: bool = True) -> None:
         super().__init__(EXPRESSION_BACKBONE, n_expression + 5, pretrained_path, normalize_input, channels_last,
                          "expression_pretrained_path")
         self.n_expression = n_expression
         self.max_jaw_side = max_jaw_side
+        self.inward_gradients = inward_gradients
         with torch.no_grad():
             self.head.weight.mul_(0.1)
             self.head.bias.mul_(0.1)
@@ -243,9 +281,10 @@ class ExpressionEncoder(_ImageEncoder):
         """(B, 3, H, W) in [0, 1] -> :class:`ExpressionOutput`."""
         out = self.raw(image)
         n = self.n_expression
-        jaw = torch.cat([F.relu(out[:, n + 2:n + 3]), out[:, n + 3:n + 5].clamp(-self.max_jaw_side,
-                                                                                  self.max_jaw_side)], dim=1)
-        return ExpressionOutput(expression=out[:, :n], eyelids=out[:, n:n + 2].clamp(0.0, 1.0), jaw_pose=jaw)
+        clamp = inward_clamp if self.inward_gradients else _hard_clamp
+        side = self.max_jaw_side
+        jaw = torch.cat([clamp(out[:, n + 2:n + 3], 0.0), clamp(out[:, n + 3:n + 5], -side, side)], dim=1)
+        return ExpressionOutput(expression=out[:, :n], eyelids=clamp(out[:, n:n + 2], 0.0, 1.0), jaw_pose=jaw)
 
 
 @dataclass

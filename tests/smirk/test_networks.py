@@ -125,3 +125,31 @@ def test_channels_last_gives_the_same_numbers():
     image = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fast(image).global_pose, plain(image).global_pose, atol=1e-5, rtol=1e-4)
+
+
+def test_inward_clamp_matches_clamp_and_lets_saturated_outputs_return():
+    from smirk.networks import inward_clamp
+
+    x = torch.tensor([-0.5, 0.1, 0.5, 0.7], requires_grad=True)
+    y = inward_clamp(x, -0.2, 0.2)
+    assert torch.equal(y, x.detach().clamp(-0.2, 0.2))
+    y.backward(torch.tensor([1.0, 1.0, 1.0, -1.0]))
+    # x=-0.5: grad 1 > 0 moves it down (further out) -> blocked; x=0.1 inside -> 1; x=0.5: grad 1 > 0 moves it
+    # down (inward) -> kept; x=0.7: grad -1 moves it up (outward) -> blocked
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_expression_encoder_clamps_keep_reference_outputs():
+    from smirk.networks import ExpressionEncoder
+
+    torch.manual_seed(0)
+    enc = ExpressionEncoder(n_expression=10, channels_last=False).eval()
+    with torch.no_grad():
+        enc.head.bias.copy_(torch.linspace(-3, 3, 15))
+    image = torch.rand(2, 3, 64, 64)
+    soft = enc(image)
+    enc.inward_gradients = False
+    hard = enc(image)
+    for a, b in zip((soft.expression, soft.eyelids, soft.jaw_pose), (hard.expression, hard.eyelids, hard.jaw_pose)):
+        assert torch.equal(a, b)
+    assert soft.eyelids.min() >= 0 and soft.eyelids.max() <= 1 and soft.jaw_pose[:, 1:].abs().max() <= 0.2
