@@ -1,0 +1,180 @@
+"""SMIRK evaluation: metric functions against hand-computed values, the probe's re-rendering, ``facelab evaluate``."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from facelab.cli.main import main
+from facelab.data.synthetic import SyntheticFaceDataset
+from facelab.data.synthetic_module import SyntheticFaceDataModule
+from smirk.data import FlameGroundTruth
+from smirk.evaluate import ExpressionTweak, _TweakedFaces
+from smirk.metrics import (
+    ExpressionVertexError,
+    expression_mse,
+    landmark_nme,
+    probe_statistics,
+    vertex_distances,
+    vertex_error_stats,
+)
+from smirk.module import SmirkModule
+
+SIZE = 32  # tiny crops: the MobileNets' last feature map is 1x1
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+def test_landmark_nme_of_a_known_offset():
+    target = torch.rand(2, 105, 2) * 2 - 1
+    pred = torch.cat([target + torch.tensor([0.03, 0.04]), torch.zeros(2, 105, 1)], dim=-1)  # depth is ignored
+    assert torch.allclose(landmark_nme(pred, target), torch.full((2,), 0.05), atol=1e-6)
+
+
+def test_expression_mse_compares_the_models_components_only():
+    pred = torch.zeros(2, 3)
+    true = torch.tensor([[1.0, 2.0, 2.0, 9.0], [0.0, 0.0, 3.0, 9.0]])  # column 3 is beyond the model
+    assert torch.allclose(expression_mse(pred, true), torch.tensor([3.0, 3.0]))
+
+
+def test_vertex_distances_of_a_known_offset_in_mm():
+    true = torch.rand(2, 10, 3)
+    pred = true + torch.tensor([0.003, 0.004, 0.0])  # metres
+    ids = torch.tensor([1, 4, 7])
+    dist = vertex_distances(pred, true, ids, scale=1000.0)
+    assert dist.shape == (2, 3)
+    assert torch.allclose(dist, torch.full((2, 3), 5.0), atol=1e-4)
+
+
+def test_vertex_error_stats_per_image_then_averaged():
+    errors = torch.tensor([[1.0, 2.0, 6.0], [3.0, 3.0, 3.0]])
+    s = vertex_error_stats(errors)
+    assert (s.mean_mm, s.median_mm, s.max_mm) == pytest.approx((3.0, 2.5, 4.5))
+    # the image-averaged field is [2, 2.5, 4.5]
+    assert (s.field_median_mm, s.field_max_mm) == pytest.approx((2.5, 4.5))
+    assert (s.num_images, s.num_vertices) == (2, 3)
+
+
+def test_probe_statistics_hand_computed():
+    target = torch.zeros(1, 2, 1, 3)
+    target[0, 1] = 2.0  # two copies at 0 and 2: sample std sqrt(2) per coordinate
+    pred = torch.ones(1, 2, 1, 3)  # an encoder that ignores the tweaks: std 0
+    l1, abs_std = probe_statistics(target, pred)
+    assert float(l1) == pytest.approx(1.0)
+    assert float(abs_std) == pytest.approx(math.sqrt(2.0))
+    l1, abs_std = probe_statistics(target, target.clone())
+    assert float(l1) == 0.0 and float(abs_std) == 0.0
+
+
+def test_probe_statistics_rejects_a_single_copy():
+    with pytest.raises(ValueError, match="N>=2"):
+        probe_statistics(torch.zeros(1, 1, 4, 3), torch.zeros(1, 1, 4, 3))
+
+
+def test_expression_vertex_error_zero_for_the_truth_and_extra_components(flame):
+    error = ExpressionVertexError(flame, "synthetic")
+    gen = torch.Generator().manual_seed(0)
+    exp = torch.randn(2, 50, generator=gen)
+    jaw, lids = torch.tensor([[0.1, 0.0, 0.0], [0.2, 0.01, 0.0]]), torch.rand(2, 2, generator=gen)
+    truth = FlameGroundTruth(shape=torch.zeros(2, 300), expression=torch.cat([exp, torch.zeros(2, 50)], dim=1),
+                             jaw_pose=jaw, eyelids=lids, global_pose=torch.zeros(2, 3))
+    with torch.no_grad():
+        same = error(exp, jaw, lids, truth)
+        closed = error(exp, jaw * 0, lids, truth)
+    assert same.shape == (2, len(flame.regions["face"]))
+    assert float(same.abs().max()) < 1e-3  # mm: the 100-component truth with zero extras is the same mesh
+    assert float(closed.mean()) > 0.1
+
+
+# ------------------------------------------------------------------------------------------------------ probe
+def test_expression_tweak_is_small_clamped_and_reproducible():
+    tweak = ExpressionTweak(num_copies=5)
+    exp, jaw, lids = torch.zeros(100), torch.tensor([0.34, 0.0, 0.0]), torch.tensor([0.0, 0.95])
+    a = tweak.apply(exp, jaw, lids, 50, torch.Generator().manual_seed(3))
+    b = tweak.apply(exp, jaw, lids, 50, torch.Generator().manual_seed(3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    e, j, lid = a
+    assert e.shape == (5, 100) and j.shape == (5, 3) and lid.shape == (5, 2)
+    assert torch.all(e[:, 50:] == 0) and e[:, :50].abs().max() > 0  # only the model's components move
+    assert j[:, 0].min() >= 0 and j[:, 0].max() <= tweak.jaw_open_max
+    assert lid.min() >= 0 and lid.max() <= 1
+    with pytest.raises(ValueError, match="num_copies"):
+        ExpressionTweak(num_copies=1)
+
+
+def test_tweaked_faces_render_the_requested_expressions():
+    base = SyntheticFaceDataset(num_samples=3, split="test", image_size=SIZE, uv_size=32)
+    faces = _TweakedFaces(base)
+    exp, jaw, lids = faces.truth(1)
+    tweaked = ExpressionTweak(num_copies=2).apply(exp, jaw, lids, 50, torch.Generator().manual_seed(0))
+    batch = faces.render(1, *tweaked)
+    assert batch.image.shape == (2, 3, SIZE, SIZE)
+    assert torch.allclose(batch.expression, tweaked[0]) and torch.allclose(batch.eyelids, tweaked[2])
+    assert torch.equal(batch.shape[0], batch.shape[1])  # same identity in every copy
+    assert not torch.allclose(batch.image[0], batch.image[1])
+    plain = base.generate([1])[0]
+    assert torch.equal(faces.generate([1])[0].image, plain.image)  # no overrides: the dataset's own sample
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> str:
+    """A checkpoint in Lightning's layout (state_dict, hyper_parameters, datamodule_hyper_parameters)."""
+    torch.manual_seed(0)
+    module = SmirkModule(phase="pretrain", image_size=SIZE, log_images_every_n_steps=0)
+    data = SyntheticFaceDataModule(image_size=SIZE, uv_size=32, num_workers=0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "datamodule_hyper_parameters": dict(data.hparams)}, path)
+    return str(path)
+
+
+FAST = ["--num", "3", "--batch-size", "3", "--probe-faces", "1", "--probe-copies", "2", "--device", "cpu"]
+
+
+def test_cli_on_a_checkpoint_writes_json(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--method", "smirk", "--ckpt", tiny_ckpt, "--data", "synthetic", *FAST,
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"source", "phase", "image_size", "split", "num_images", "nme_mp", "nme_fan", "expression_mse",
+            "expression_vertex_error", "probe"} <= set(result)
+    assert set(result["expression_vertex_error"]) >= {"mean_mm", "median_mm", "max_mm"}
+    assert set(result["probe"]) >= {"vert_l1_mm", "vert_abs_std_mm", "num_faces", "num_copies", "tweak"}
+    assert result["phase"] == "pretrain" and result["image_size"] == SIZE and result["split"] == "test"
+    assert result["num_images"] == 3 and result["probe"]["num_copies"] == 2
+    assert all(math.isfinite(result[k]) for k in ("nme_mp", "nme_fan", "expression_mse"))
+    printed = capsys.readouterr().out
+    assert "Table 2" in printed and "Table 4" in printed and "median" in printed
+
+
+def test_cli_init_baseline(tmp_path):
+    out = tmp_path / "init.json"
+    assert main(["evaluate", "--init", "--image-size", str(SIZE), *FAST, "--probe-faces", "0",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["source"] == "init" and result["phase"] == "init" and result["probe"] is None
+
+
+def test_cli_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nope.ckpt"
+    assert main(["evaluate", "--ckpt", str(missing), *FAST]) == 2
+    first, *rest = capsys.readouterr().err.strip().splitlines()
+    assert first.startswith("facelab evaluate: error: SMIRK checkpoint not found") and "nope.ckpt" in first
+    assert "--ckpt" in " ".join(rest)  # MissingAssetError names the option that set the path
+
+
+def test_cli_rejects_another_image_size_and_non_checkpoints(tiny_ckpt, tmp_path, capsys):
+    assert main(["evaluate", "--ckpt", tiny_ckpt, "--image-size", "64", *FAST]) == 2
+    assert "trained on 32x32" in capsys.readouterr().err
+    plain = tmp_path / "weights.pt"
+    torch.save({"a": torch.zeros(1)}, plain)
+    assert main(["evaluate", "--ckpt", str(plain), *FAST]) == 2
+    assert "not a Lightning checkpoint" in capsys.readouterr().err
+
+
+def test_cli_needs_ckpt_or_init():
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--data", "synthetic"])
