@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from facelab.errors import AssetFormatError
 from facelab.io.weights import load_state_dict_strict, read_state_dict
-from facelab.morphable import Flame, FlameParams, MeshOutput
+from facelab.morphable import Flame, MeshOutput
 from facelab.render import MeshRenderer, RenderOutput, ndc_to_pixels, smirk_lights
 from facelab.viz import draw_landmarks, mesh_overlay, rows_grid
 from smirk.cycle import AUGMENTATION_GROUPS, ExpressionTemplates, augment_expressions, synthetic_templates
@@ -55,6 +55,7 @@ from smirk.losses import (
     structural_identity_loss,
 )
 from smirk.masking import MaskedInput, SmirkMasker
+from smirk.metrics import ExpressionVertexError, expression_mse, landmark_nme
 from smirk.networks import SmirkEncoder, SmirkEncoding, SmirkGenerator
 
 __all__ = ["EpochCosine", "SmirkLossWeights", "SmirkModule", "load_encoder_checkpoint"]
@@ -264,7 +265,7 @@ class SmirkModule(LightningModule):
                                                 lambda p: MicaShapeTeacher(weights_path=p, n_shape=n_shape))
         self.cycle_loss = cycle_loss if cycle_loss is not None else CycleLoss()
         self.cycle_groups = self._cycle_groups(tuple(cycle_groups), templates_path, flame_path, n_expression)
-        self._gt_models: dict[int, Flame] = {}  # validation: FLAME with the ground truth's expression count
+        self._expression_error = ExpressionVertexError(self.flame, flame_path)  # validation, synthetic truth
         self._skipped_steps = 0
         self._batches_seen = 0
 
@@ -600,9 +601,9 @@ class SmirkModule(LightningModule):
         enc = self.encoder(batch.image)
         mesh = self.flame(enc.flame_params())
         camera = enc.camera()
-        metrics = {"nme_mp": _nme(camera.project(mesh.landmarks_mp), batch.landmarks_mp)}
+        metrics = {"nme_mp": landmark_nme(camera.project(mesh.landmarks_mp), batch.landmarks_mp).mean()}
         if batch.landmarks_fan is not None:
-            metrics["nme_fan"] = _nme(camera.project(mesh.landmarks68), batch.landmarks_fan)
+            metrics["nme_fan"] = landmark_nme(camera.project(mesh.landmarks68), batch.landmarks_fan).mean()
         if batch.ground_truth is not None:
             metrics.update(self._ground_truth_errors(enc, batch.ground_truth))
         for name, value in metrics.items():
@@ -611,34 +612,12 @@ class SmirkModule(LightningModule):
             self._log_images("val/images", [batch.image, self._overlay(batch, enc, mesh)])
 
     def _ground_truth_errors(self, enc: SmirkEncoding, gt: FlameGroundTruth) -> dict[str, Tensor]:
-        """Expression errors against the synthetic ground truth.
+        """Expression errors against the synthetic ground truth (:mod:`smirk.metrics`, as ``facelab evaluate``).
 
         ``expression_mse``: MSE of the model's first ``n_expression`` coefficients. ``expression_vertex_error_mm``:
         mean per-vertex distance on FLAME's face region between the expression-only meshes (mean identity, zero
         head pose; predicted vs true expression, jaw and eyelids, the truth with all its components), in mm.
         """
-        n = self.flame.n_expression
-        exp_mse = (enc.expression - gt.expression[:, :n].to(enc.expression)).pow(2).mean()
-        zero_shape = enc.shape.new_zeros(enc.batch_size, self.flame.n_shape)
-        pred = self.flame(FlameParams(shape=zero_shape, expression=enc.expression, jaw_pose=enc.jaw_pose,
-                                      eyelids=enc.eyelids)).verts
-        true = self._gt_model(gt.expression.shape[1])(FlameParams(shape=zero_shape, expression=gt.expression,
-                                                                  jaw_pose=gt.jaw_pose, eyelids=gt.eyelids)).verts
-        face = self.flame.regions["face"]
-        scale = 1000.0 if self.flame.units == "m" else 1.0
-        error = (pred[:, face] - true[:, face]).norm(dim=-1).mean() * scale
-        return {"expression_mse": exp_mse, "expression_vertex_error_mm": error}
-
-    def _gt_model(self, n_expression: int) -> Flame:
-        """This FLAME with ``n_expression`` components (the synthetic truth may use more than the model)."""
-        if n_expression == self.flame.n_expression:
-            return self.flame
-        if n_expression not in self._gt_models:  # a plain dict: not a submodule, never in checkpoints
-            hp = self.hparams
-            self._gt_models[n_expression] = Flame(hp.flame_path, n_shape=hp.n_shape, n_expression=n_expression)
-        return self._gt_models[n_expression].to(self.device)
-
-
-def _nme(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean Euclidean landmark distance in NDC units. (B, L, 2+) each."""
-    return (pred[..., :2] - target[..., :2].to(pred)).norm(dim=-1).mean()
+        errors = self._expression_error(enc.expression, enc.jaw_pose, enc.eyelids, gt)
+        return {"expression_mse": expression_mse(enc.expression, gt.expression).mean(),
+                "expression_vertex_error_mm": errors.mean()}
