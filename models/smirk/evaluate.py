@@ -43,7 +43,7 @@ from torch import Tensor
 
 from facelab.data.synthetic import SceneConfig, SyntheticFaceBatch, SyntheticFaceDataset, SyntheticFaceSample
 from facelab.errors import AssetFormatError
-from facelab.io.assets import require_file
+from facelab.io.weights import read_checkpoint
 from facelab.morphable import Flame
 from smirk.data import as_smirk_batch
 from smirk.metrics import (
@@ -326,13 +326,9 @@ class EvaluationModel:
 
 def _read_checkpoint(path: str) -> dict:
     """A Lightning checkpoint of :class:`smirk.module.SmirkModule` (``torch.load(weights_only=True)``)."""
-    file = require_file(path, what="SMIRK checkpoint", config_key="--ckpt")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in several types; all mean "not a loadable checkpoint"
-        raise AssetFormatError(f"{file}: not a checkpoint torch can load with weights_only=True ({err})") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise AssetFormatError(f"{file}: not a Lightning checkpoint of smirk.SmirkModule (needs 'state_dict' and "
+    ckpt = read_checkpoint(path, what="SMIRK checkpoint", config_key="--ckpt")
+    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise AssetFormatError(f"{path}: not a Lightning checkpoint of smirk.SmirkModule (needs 'state_dict' and "
                                "'hyper_parameters')")
     return ckpt
 
