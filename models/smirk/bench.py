@@ -68,7 +68,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from facelab.bench.common import BenchRow, available_devices, peak_memory_mb, print_table, synchronize, write_csv
+from facelab.bench.common import (
+    BenchRow,
+    available_devices,
+    peak_memory_mb,
+    print_table,
+    proc_status_kb,
+    synchronize,
+    write_csv,
+)
 
 #: The stages a training step is split into, in the order the table lists them.
 STAGES = ("encoders", "flame", "render", "masking", "translator", "losses", "backward_step", "other")
@@ -332,7 +340,7 @@ def _reset_peak_memory(device: torch.device) -> float:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
-        return _proc_status_kb("VmRSS") / 1024
+        return proc_status_kb("VmRSS") / 1024
     except OSError:
         return math.nan
 
@@ -342,17 +350,9 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:
-        return _proc_status_kb("VmHWM") / 1024
+        return proc_status_kb("VmHWM") / 1024
     except OSError:
         return math.nan
-
-
-def _proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
 
 
 # --------------------------------------------------------------------------------------------------------------

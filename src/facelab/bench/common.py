@@ -139,3 +139,16 @@ def write_csv(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
         writer.writeheader()
         writer.writerows(dicts)
     return path
+
+
+def proc_status_kb(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``: resident now, ``VmHWM``: peak resident).
+
+    Raises:
+        OSError: no such file or field (not Linux).
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from facelab.bench.common import BenchRow, available_devices, peak_memory_mb, synchronize, time_fn
+from facelab.bench.common import BenchRow, available_devices, peak_memory_mb, proc_status_kb, synchronize, time_fn
 from facelab.render.camera import WeakPerspectiveCamera, axis_angle_to_matrix
 from facelab.render.rasterize import available_backends, interpolate_packed, rasterize
 from facelab.render.shading import lambertian, smirk_lights, vertex_normals
@@ -111,19 +111,11 @@ def _cpu_peak_mb(fn) -> float:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
-        before = _proc_status_kb("VmRSS")
+        before = proc_status_kb("VmRSS")
         fn()
-        return max(_proc_status_kb("VmHWM") - before, 0) / 1024
+        return max(proc_status_kb("VmHWM") - before, 0) / 1024
     except OSError:
         return peak_memory_mb(fn, "cpu")
-
-
-def _proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
 
 
 def measure(pipe: Pipeline, verts: Tensor, cam: WeakPerspectiveCamera, device: str, repeat: int) -> dict:
