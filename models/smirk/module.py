@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -175,7 +176,9 @@ class SmirkModule(LightningModule):
             either, the term is disabled with a log line.
         emotion_weights: emotion-network ResNet-50 state dict (or inject ``emotion_loss``); without either, the
             term is disabled with a log line.
-        mica_path: MICA shape-teacher export (pretraining); None: the teacher term is disabled with a log line.
+        mica_path: MICA shape-teacher export (pretraining); ``"synthetic"``: on synthetic data the true shape stands
+            in for MICA's prediction (the term resolves the scale/identity ambiguity of landmark-only fitting);
+            None: the teacher term is disabled with a log line.
         perceptual_loss: an already built :class:`VGGPerceptualLoss` (e.g. ``allow_random=True`` in tests).
         emotion_loss: an already built :class:`EmotionFeatureLoss` (e.g. EMOCA's with ``key_prefix``).
         cycle_loss: the cycle path's loss with its inner weights; None: :class:`CycleLoss` (exp 1, jaw 10,
@@ -261,8 +264,10 @@ class SmirkModule(LightningModule):
                                                   lambda p: VGGPerceptualLoss(weights_path=p))
         self.emotion_loss = self._feature_loss("emotion", emotion_loss, emotion_weights, "emotion_weights",
                                                lambda p: EmotionFeatureLoss(weights_path=p))
-        self.shape_teacher = self._feature_loss("shape_teacher", None, mica_path, "mica_path",
-                                                lambda p: MicaShapeTeacher(weights_path=p, n_shape=n_shape))
+        # mica_path "synthetic": the synthetic world's true shape stands in for MICA's prediction (synthetic data)
+        self.synthetic_shape_teacher = mica_path == "synthetic"
+        self.shape_teacher = None if self.synthetic_shape_teacher else self._feature_loss(
+            "shape_teacher", None, mica_path, "mica_path", lambda p: MicaShapeTeacher(weights_path=p, n_shape=n_shape))
         self.cycle_loss = cycle_loss if cycle_loss is not None else CycleLoss()
         self.cycle_groups = self._cycle_groups(tuple(cycle_groups), templates_path, flame_path, n_expression)
         self._expression_error = ExpressionVertexError(self.flame, flame_path)  # validation, synthetic truth
@@ -465,7 +470,14 @@ class SmirkModule(LightningModule):
         enc = self.encoder(batch.image)
         mesh = self.flame(enc.flame_params())
         losses = self._landmark_losses(enc, mesh, batch)
-        if self.shape_teacher is not None and self.weights.shape_teacher:
+        if self.synthetic_shape_teacher and self.weights.shape_teacher:
+            if batch.ground_truth is None:
+                raise ValueError("model.init_args.mica_path 'synthetic' takes the shape teacher's target from the "
+                                 "synthetic world's ground truth, and this batch has none (real data): set mica_path "
+                                 "to MICA's weights, or null to drop the term")
+            target = batch.ground_truth.shape[:, :self.flame.n_shape].to(enc.shape)  # MICA's [:, :n_shape]
+            losses["shape_teacher"] = F.mse_loss(enc.shape[:, :target.shape[1]], target)
+        elif self.shape_teacher is not None and self.weights.shape_teacher:
             if batch.mica_image is None:
                 rank_zero_warn("SMIRK: the MICA shape teacher is on but the batch carries no mica_image; the term "
                                "is skipped")

@@ -198,3 +198,22 @@ def test_core_phase_trains_under_ddp_on_two_cpu_processes(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     assert "max_steps=4` reached" in proc.stdout + proc.stderr
+
+
+def test_synthetic_shape_teacher_pulls_the_shape_towards_the_truth(batches):
+    """``mica_path: synthetic``: the true shape is the teacher's target (MSE, weight shape_teacher) on synthetic
+    batches; a batch without ground truth is a clear error."""
+    module = make_module("pretrain", mica_path="synthetic")
+    assert module.weights.shape_teacher == 10.0 and module.synthetic_shape_teacher
+    batch = as_smirk_batch(batches[0])
+    enc = module.encoder(batch.image)
+    losses = {}
+    module.optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.0)  # no trainer: a no-op optimizer
+    module._optimize = lambda opt, loss, clip=0.0: losses.update(total=loss) or True
+    out, _ = module._pretrain_step(batch)
+    expected = (enc.shape - batch.ground_truth.shape[:, :enc.shape.shape[1]]).pow(2).mean()
+    torch.testing.assert_close(out["shape_teacher"], expected, rtol=1e-5, atol=1e-6)
+    out["shape_teacher"].backward()
+    assert module.encoder.shape_encoder.head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mica_path 'synthetic'"):
+        module._pretrain_step(replace(batch, ground_truth=None))
