@@ -190,9 +190,9 @@ class SmirkReconstructor(nn.Module):
         self.encoder, self.flame, self.generator = encoder, flame, generator
         self.image_size, self.overlay_alpha, self.translator_seed = int(image_size), overlay_alpha, translator_seed
         self.renderer = MeshRenderer.from_model(flame, region="face", image_size=self.image_size)
-        # Inference-time masking: the training masker's hole and 1% guidance pixels, without its augmentations
-        # (multiplicative noise, patch dropout): SmirkMasker applies them in eval mode too, so switch them off here.
-        self.masker = SmirkMasker(noise_std=0.0, patch_drop_p=0.0)
+        # Inference-time masking: the training masker's hole and 1% guidance pixels; in eval mode it skips its
+        # augmentations (multiplicative noise, patch dropout).
+        self.masker = SmirkMasker().eval()
         self.masker.set_topology(flame.faces, flame.regions, allowed_faces=flame.region_faces("face"))
         self.head_topology = region_topology(flame)
         self.face_topology = region_topology(flame, flame.region_faces("face"))

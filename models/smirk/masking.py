@@ -388,10 +388,11 @@ class SmirkMasker(nn.Module):
                                         self.front_facing)
         dst = verts_px if verts_px_dst is None else verts_px_dst
         guidance, point_mask = transfer_pixels(image, points, verts_px, dst, faces)
-        guidance = multiplicative_noise(guidance, self.noise_std, generator)
-        p = self.patch_drop_p if patch_drop_p is None else patch_drop_p
-        point_mask = point_mask * patch_dropout_mask((b, 1, h, w), p, self.patch_size, generator, image.device,
-                                                     image.dtype)
+        if self.training:  # the augmentations of training; eval mode (inference) keeps the guidance pixels as is
+            guidance = multiplicative_noise(guidance, self.noise_std, generator)
+            p = self.patch_drop_p if patch_drop_p is None else patch_drop_p
+            point_mask = point_mask * patch_dropout_mask((b, 1, h, w), p, self.patch_size, generator, image.device,
+                                                         image.dtype)
         masked = image.detach() * keep * (1 - point_mask) + guidance * point_mask
         return MaskedInput(masked_image=masked, mask=torch.maximum(keep, point_mask), point_mask=point_mask,
                            points=points)

@@ -188,3 +188,14 @@ def test_separable_max_filter_equals_max_pool(size):
     for x in (torch.rand(2, 1, 37, 29, generator=g), (torch.rand(2, 1, 37, 29, generator=g) > 0.9).float()):
         expected = torch.nn.functional.max_pool2d(x, size, stride=1, padding=size // 2)
         assert torch.equal(_max_filter(x, size), expected)
+
+
+def test_masker_eval_mode_pastes_guidance_pixels_without_noise_or_dropout(flame, scene):
+    masker = SmirkMasker(point_ratio=0.05, patch_drop_p=0.5).eval()
+    masker.set_topology(flame.faces, flame.regions)
+    image = torch.rand(2, 3, scene.size, scene.size, generator=torch.Generator().manual_seed(3))
+    out = masker(image, scene.landmarks_px, scene.render_mask, scene.verts_px, flame.faces,
+                 generator=torch.Generator().manual_seed(0))
+    assert out.point_mask.sum() > 0  # p=0.5 dropout in training would remove nearly all of them
+    pasted = out.point_mask.expand_as(image) > 0
+    torch.testing.assert_close(out.masked_image[pasted], image[pasted])  # no multiplicative noise
