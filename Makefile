@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 EXTRAS ?= dev,data
 MEDIAPIPE := mediapipe==0.10.21
+INSIGHTFACE := insightface==2.1
 PY := $(VENV)/bin/python
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard models/*/__init__.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
-	case ",$(EXTRAS)," in *,data,*) $(PY) -m pip install --quiet --no-deps -c constraints.txt $(MEDIAPIPE);; esac
+	case ",$(EXTRAS)," in *,data,*) $(PY) -m pip install --quiet --no-deps -c constraints.txt $(MEDIAPIPE) $(INSIGHTFACE);; esac
 	touch $@
 
 ## The fast suite (the README's test command); slow tests are excluded.
