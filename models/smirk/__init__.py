@@ -14,7 +14,7 @@ Wiring (what ``tests/smirk/test_pipeline.py`` runs; ``renderer = MeshRenderer.fr
 
     enc = encoder(image)                                   # SmirkEncoding
     mesh = flame(enc.flame_params())
-    render = renderer(mesh.verts, enc.camera(), albedo=180 / 255, lights=smirk_lights())
+    render = renderer(mesh.verts, enc.camera(), albedo=180 / 255, lights=shape_lights())
     verts_px = ndc_to_pixels(render.verts_ndc, 224)
     masked = masker(image, landmarks478_px, render.mask, verts_px, flame.faces)      # reconstruction path
     recon = generator(render.image, masked.masked_image)

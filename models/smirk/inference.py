@@ -30,7 +30,7 @@ from facelab.io.assets import require_file
 from facelab.io.weights import load_state_dict_strict, read_checkpoint
 from facelab.masks import convex_hull_mask
 from facelab.morphable import Flame
-from facelab.render import MeshRenderer, ndc_to_pixels, smirk_lights
+from facelab.render import MeshRenderer, ndc_to_pixels, shape_lights
 from facelab.viz import blend
 from smirk.masking import SmirkMasker
 from smirk.module import RENDER_ALBEDO, load_encoder_checkpoint
@@ -312,7 +312,7 @@ class SmirkReconstructor(nn.Module):
         crops = crops.to(self.device, self.flame.v_template.dtype)
         mesh = self.flame(encoding.flame_params())
         camera = encoding.camera()
-        lights = smirk_lights(device=crops.device, dtype=crops.dtype)
+        lights = shape_lights(device=crops.device, dtype=crops.dtype)
         render = self.renderer(mesh.verts, camera, albedo=RENDER_ALBEDO, lights=lights)
         image = render.image.clamp(0, 1)
         landmarks_px = ndc_to_pixels(camera.project(mesh.landmarks_mp), self.image_size)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from facelab.errors import AssetFormatError
 from facelab.io.weights import load_state_dict_strict, read_state_dict
 from facelab.morphable import Flame, MeshOutput
-from facelab.render import MeshRenderer, RenderOutput, ndc_to_pixels, smirk_lights
+from facelab.render import MeshRenderer, RenderOutput, ndc_to_pixels, shape_lights
 from facelab.viz import draw_landmarks, mesh_overlay, rows_grid
 from smirk.cycle import AUGMENTATION_GROUPS, ExpressionTemplates, augment_expressions, synthetic_templates
 from smirk.data import FlameGroundTruth, SmirkBatch, as_smirk_batch
@@ -415,7 +415,7 @@ class SmirkModule(LightningModule):
     def _render(self, enc: SmirkEncoding) -> tuple[MeshOutput, RenderOutput]:
         """FLAME mesh of an encoding and its gray, five-light render of the face region (reference "Renderer")."""
         mesh = self.flame(enc.flame_params())
-        lights = smirk_lights(device=mesh.verts.device, dtype=mesh.verts.dtype)
+        lights = shape_lights(device=mesh.verts.device, dtype=mesh.verts.dtype)
         return mesh, self.renderer(mesh.verts, enc.camera(), albedo=RENDER_ALBEDO, lights=lights)
 
     def _landmark_losses(self, enc: SmirkEncoding, mesh: MeshOutput, batch: SmirkBatch) -> dict[str, Tensor]:

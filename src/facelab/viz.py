@@ -118,7 +118,8 @@ def draw_landmarks(images: Tensor, points: Tensor, color: Sequence[float] = (0.0
 
 def mesh_overlay(images: Tensor, verts: Tensor, camera, renderer, landmarks: Tensor | None = None,
                  alpha: float = 0.6, albedo: float = 180.0 / 255.0) -> Tensor:
-    """The shaded mesh (gray albedo, SMIRK's five lights) blended over the images, landmarks drawn on top.
+    """The shaded mesh (gray albedo, the five-light rig of :func:`facelab.render.shape_lights`) blended over the
+    images, landmarks drawn on top.
 
     Args:
         images: (B, 3, H, W) inputs, H, W = the renderer's image size.
@@ -132,10 +133,10 @@ def mesh_overlay(images: Tensor, verts: Tensor, camera, renderer, landmarks: Ten
     Returns:
         (B, 3, H, W), detached.
     """
-    from facelab.render.shading import smirk_lights
+    from facelab.render.shading import shape_lights
 
     with torch.no_grad():
-        out = renderer(verts, camera, albedo=albedo, lights=smirk_lights(device=verts.device, dtype=verts.dtype))
+        out = renderer(verts, camera, albedo=albedo, lights=shape_lights(device=verts.device, dtype=verts.dtype))
         overlay = blend(images, out.image.clamp(0, 1), out.mask, alpha)
     return overlay if landmarks is None else draw_landmarks(overlay, landmarks)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from facelab.render import MeshRenderer, PerspectiveCamera, WeakPerspectiveCamera, smirk_lights
+from facelab.render import MeshRenderer, PerspectiveCamera, WeakPerspectiveCamera, shape_lights
 from facelab.render.camera import pixel_centers_ndc
 
 GOLDEN_PNG = Path(__file__).parent / "golden" / "smirk_sphere_64.png"
@@ -28,7 +28,7 @@ def _sphere_camera(batch: int = 1, scale: float = 0.8) -> WeakPerspectiveCamera:
 def test_smirk_render_gray_background_zero_and_frontal_value(icosphere):
     verts, faces = icosphere(3)
     renderer = MeshRenderer(faces, image_size=64)
-    out = renderer(verts[None], _sphere_camera(), albedo=ALBEDO, lights=smirk_lights())
+    out = renderer(verts[None], _sphere_camera(), albedo=ALBEDO, lights=shape_lights())
     assert out.image.shape == (1, 3, 64, 64) and out.mask.shape == (1, 1, 64, 64)
     assert (out.image[out.mask.expand_as(out.image) == 0] == 0).all()  # background exactly 0
     assert torch.equal(out.mask[:, 0] > 0, out.fragments.mask)
@@ -42,7 +42,7 @@ def test_smirk_render_gray_background_zero_and_frontal_value(icosphere):
 def test_golden_shaded_sphere(icosphere):
     verts, faces = icosphere(3)
     out = MeshRenderer(faces, image_size=64)(verts[None], _sphere_camera(scale=0.75), albedo=ALBEDO,
-                                             lights=smirk_lights())
+                                             lights=shape_lights())
     img = (out.image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     if os.environ.get("FACELAB_REGEN_GOLDEN") == "1":
         Image.fromarray(img).save(GOLDEN_PNG)
@@ -54,9 +54,9 @@ def test_golden_shaded_sphere(icosphere):
 def test_face_subset_renders_only_those_faces(icosphere):
     verts, faces = icosphere(2)
     front = torch.nonzero(verts[faces].mean(1)[:, 2] > 0.3).squeeze(1)
-    full = MeshRenderer(faces, image_size=48)(verts[None], _sphere_camera(), lights=smirk_lights())
+    full = MeshRenderer(faces, image_size=48)(verts[None], _sphere_camera(), lights=shape_lights())
     part_renderer = MeshRenderer(faces, image_size=48, face_subset=front)
-    part = part_renderer(verts[None], _sphere_camera(), lights=smirk_lights())
+    part = part_renderer(verts[None], _sphere_camera(), lights=shape_lights())
     assert 0 < part.mask.sum() < full.mask.sum()
     assert (full.mask >= part.mask).all()
     covered = part.fragments.mask
@@ -137,7 +137,7 @@ def test_normal_map_replaces_vertex_normals():
     renderer = MeshRenderer(faces, image_size=16, uv=(quad[0, :, :2] + 0.9) / 1.8, faces_uv=faces)
     tilted = torch.nn.functional.normalize(torch.tensor([0.6, 0.0, 0.8]), dim=0)
     normal_map = tilted[None, :, None, None].expand(1, 3, 8, 8)
-    lights = smirk_lights()
+    lights = shape_lights()
     flat = renderer(quad, _sphere_camera(scale=1.0), lights=lights)
     bumped = renderer(quad, _sphere_camera(scale=1.0), lights=lights, normal_map=normal_map)
     m = flat.mask.bool().expand(-1, 3, -1, -1)
@@ -151,7 +151,7 @@ def test_pytorch3d_backend_renders_the_same_image(require_pytorch3d, icosphere):
     verts, faces = icosphere(3)
     cam = _sphere_camera(batch=2)
     v = torch.stack([verts, verts * 0.9])
-    images = [MeshRenderer(faces, image_size=(48, 56), backend=b)(v, cam, albedo=ALBEDO, lights=smirk_lights()).image
+    images = [MeshRenderer(faces, image_size=(48, 56), backend=b)(v, cam, albedo=ALBEDO, lights=shape_lights()).image
               for b in ("torch", "pytorch3d")]
     assert (images[0] - images[1]).abs().max() < 1e-3
 
@@ -165,9 +165,9 @@ def test_synthetic_head_face_region_render():
 
     face_region = faces_in_region(faces, torch.as_tensor(head.regions["face"]))
     cam = WeakPerspectiveCamera.from_params(torch.tensor([[8.0, 0.0, 0.0]]))
-    full = MeshRenderer(faces, image_size=32)(verts, cam, albedo=ALBEDO, lights=smirk_lights())
+    full = MeshRenderer(faces, image_size=32)(verts, cam, albedo=ALBEDO, lights=shape_lights())
     face = MeshRenderer(faces, image_size=32, face_subset=face_region)(verts, cam, albedo=ALBEDO,
-                                                                       lights=smirk_lights())
+                                                                       lights=shape_lights())
     assert 0 < face.mask.sum() < full.mask.sum()
 
 
@@ -181,8 +181,8 @@ def test_from_model_renders_a_named_region_of_flame():
     whole = MeshRenderer.from_model(flame, image_size=32)
     face = MeshRenderer.from_model(flame, region="face", image_size=32)
     assert face.faces.shape[0] < whole.faces.shape[0] and face.corner_uv is not None
-    out_whole = whole(verts, cam, albedo=ALBEDO, lights=smirk_lights())
-    out_face = face(verts, cam, albedo=ALBEDO, lights=smirk_lights())
+    out_whole = whole(verts, cam, albedo=ALBEDO, lights=shape_lights())
+    out_face = face(verts, cam, albedo=ALBEDO, lights=shape_lights())
     assert 0 < out_face.mask.sum() < out_whole.mask.sum()
-    textured = face(verts, cam, texture=torch.rand(2, 3, 16, 16), lights=smirk_lights())
+    textured = face(verts, cam, texture=torch.rand(2, 3, 16, 16), lights=shape_lights())
     assert textured.image.shape == (2, 3, 32, 32)

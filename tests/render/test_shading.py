@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from facelab.render.shading import (
+    directional_lights,
     face_normals,
     lambertian,
     sh_basis,
     sh_coeffs_to_bands,
     sh_shading,
-    smirk_lights,
+    shape_lights,
     vertex_normals,
 )
 
@@ -31,8 +33,15 @@ def test_normals_point_outward_on_a_sphere(icosphere):
     torch.testing.assert_close(face_normals(tri, torch.tensor([[0, 1, 2]])), torch.tensor([[[0.0, 0, 1]]]))
 
 
-def test_smirk_lights_on_a_frontal_normal():
-    lights = smirk_lights()
+def test_directional_lights_checks_its_directions():
+    lights = directional_lights([[0.0, 0.0, 2.0]], intensity=0.5, dtype=torch.float64)
+    assert lights.directions.dtype == torch.float64 and lights.intensities.tolist() == [[0.5, 0.5, 0.5]]
+    with pytest.raises(ValueError, match=r"\(L, 3\)"):
+        directional_lights([1.0, 0.0, 0.0])
+
+
+def test_shape_lights_on_a_frontal_normal():
+    lights = shape_lights()
     n = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
     shade = lambertian(n, lights.directions, lights.intensities)
     frontal = 1.7 * (4 / math.sqrt(3) + 1) / 5  # four lights at 1/sqrt(3), one at 1, averaged

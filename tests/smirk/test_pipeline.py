@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facelab.render import MeshRenderer, ndc_to_pixels, smirk_lights
+from facelab.render import MeshRenderer, ndc_to_pixels, shape_lights
 from smirk import (
     CycleLoss,
     SmirkEncoder,
@@ -33,7 +33,7 @@ def test_reconstruction_and_cycle_paths(flame):
     renderer = MeshRenderer.from_model(flame, region="face", image_size=size)
     masker = SmirkMasker()
     masker.set_topology(flame.faces, flame.regions, allowed_faces=flame.region_faces("face"))
-    lights = smirk_lights()
+    lights = shape_lights()
     image = torch.rand(b, 3, size, size, generator=gen)
     target_mp = torch.rand(b, 105, 2, generator=gen) * 0.6 - 0.3
 

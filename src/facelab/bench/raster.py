@@ -25,7 +25,7 @@ from torch import Tensor
 from facelab.bench.common import BenchRow, available_devices, peak_memory_mb, proc_status_kb, synchronize, time_fn
 from facelab.render.camera import WeakPerspectiveCamera, axis_angle_to_matrix
 from facelab.render.rasterize import available_backends, interpolate_packed, rasterize
-from facelab.render.shading import lambertian, smirk_lights, vertex_normals
+from facelab.render.shading import lambertian, shape_lights, vertex_normals
 
 IMAGE_SIZE = 224
 ALBEDO = 180.0 / 255.0
@@ -92,7 +92,7 @@ class Pipeline:
         return interpolate_packed(vertex_normals(cam.to_view(verts), self.faces), frags)
 
     def shade(self, normals: Tensor, frags) -> Tensor:
-        lights = smirk_lights(device=normals.device, dtype=normals.dtype)
+        lights = shape_lights(device=normals.device, dtype=normals.dtype)
         color = ALBEDO * lambertian(F.normalize(normals, dim=-1), lights.directions, lights.intensities)
         return frags.unpack(color).permute(0, 3, 1, 2)
 

@@ -24,17 +24,20 @@ from facelab.render.rasterize import (
 )
 from facelab.render.renderer import MeshRenderer, RenderOutput
 from facelab.render.shading import (
+    SHAPE_LIGHT_DIRECTIONS,
     DirectionalLights,
+    directional_lights,
     face_normals,
     lambertian,
     sh_basis,
     sh_coeffs_to_bands,
     sh_shading,
-    smirk_lights,
+    shape_lights,
     vertex_normals,
 )
 
 __all__ = [
+    "SHAPE_LIGHT_DIRECTIONS",
     "DirectionalLights",
     "Fragments",
     "MeshRasterizer",
@@ -44,6 +47,7 @@ __all__ = [
     "WeakPerspectiveCamera",
     "available_backends",
     "axis_angle_to_matrix",
+    "directional_lights",
     "euler_to_matrix",
     "face_normals",
     "interpolate",
@@ -57,6 +61,6 @@ __all__ = [
     "sh_basis",
     "sh_coeffs_to_bands",
     "sh_shading",
-    "smirk_lights",
+    "shape_lights",
     "vertex_normals",
 ]

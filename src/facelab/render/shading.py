@@ -17,13 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "SHAPE_LIGHT_DIRECTIONS",
     "DirectionalLights",
+    "directional_lights",
     "face_normals",
     "lambertian",
     "sh_basis",
     "sh_coeffs_to_bands",
     "sh_shading",
-    "smirk_lights",
+    "shape_lights",
     "vertex_normals",
 ]
 
@@ -83,10 +85,32 @@ class DirectionalLights:
         return DirectionalLights(self.directions.to(*args, **kwargs), self.intensities.to(*args, **kwargs))
 
 
-def smirk_lights(intensity: float = 1.7, device=None, dtype=torch.float32) -> DirectionalLights:
-    """SMIRK's (and DECA's ``render_shape``) gray setup: five white lights at (+-1, +-1, 1) and (0, 0, 1)."""
-    dirs = torch.tensor([[-1.0, 1, 1], [1, 1, 1], [-1, -1, 1], [1, -1, 1], [0, 0, 1]], device=device, dtype=dtype)
-    return DirectionalLights(dirs, torch.full((5, 3), intensity, device=device, dtype=dtype))
+def directional_lights(directions, intensity: float = 1.0, device=None, dtype=torch.float32) -> DirectionalLights:
+    """White directional lights of one intensity.
+
+    Args:
+        directions: (L, 3) directions *toward* the lights in the view frame (any length; normalised on use), a
+            tensor or nested sequence.
+        intensity: the intensity of every light (all three colour channels).
+
+    Returns:
+        :class:`DirectionalLights` with (L, 3) directions and (L, 3) intensities.
+    """
+    dirs = torch.as_tensor(directions, device=device, dtype=dtype)
+    if dirs.dim() != 2 or dirs.shape[-1] != 3 or dirs.shape[0] == 0:
+        raise ValueError(f"directional_lights: directions must be (L, 3) with L >= 1, got {tuple(dirs.shape)}")
+    return DirectionalLights(dirs, torch.full((dirs.shape[0], 3), float(intensity), device=device, dtype=dtype))
+
+
+#: The gray rig of DECA's ``render_shape``, used to show a mesh's shape: four lights at (+-1, +-1, 1) and a frontal
+#: one at (0, 0, 1), toward the viewer's side of the view frame.
+SHAPE_LIGHT_DIRECTIONS = ((-1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (-1.0, -1.0, 1.0), (1.0, -1.0, 1.0), (0.0, 0.0, 1.0))
+
+
+def shape_lights(intensity: float = 1.7, device=None, dtype=torch.float32) -> DirectionalLights:
+    """The five white lights of :data:`SHAPE_LIGHT_DIRECTIONS` at ``intensity`` (DECA's 1.7): the gray shape render
+    of overlays and of methods that render their meshes this way (such as SMIRK's translator input)."""
+    return directional_lights(SHAPE_LIGHT_DIRECTIONS, intensity, device=device, dtype=dtype)
 
 
 def lambertian(normals: Tensor, directions: Tensor, intensities: Tensor) -> Tensor:
