@@ -1,7 +1,9 @@
 """``MeshRenderer``: camera -> rasterizer -> albedo x shading, for a fixed mesh topology.
 
 The renderer shades only the covered pixels (packed, see :class:`facelab.render.Fragments`) and scatters them
-into the image once, so its cost follows the face's screen area.
+into the image once, so its cost follows the face's screen area. It is the one renderer of facelab: methods, the
+fitting and the synthetic face world (:mod:`facelab.data.synthetic`, which bump-maps its wrinkle displacement
+maps through it) all render with it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facelab.render.rasterize import Fragments, interpolate, interpolate_packed, rasterize
-from facelab.render.shading import DirectionalLights, lambertian, sh_coeffs_to_bands, sh_shading, vertex_normals
+from facelab.render.rasterize import Fragments, interpolate_packed, rasterize
+from facelab.render.shading import DirectionalLights, lambertian, sh_basis, sh_coeffs_to_bands, vertex_normals
 
 __all__ = ["Camera", "MeshRenderer", "RenderOutput"]
 
@@ -55,7 +57,10 @@ class MeshRenderer(nn.Module):
 
     Lighting is chosen per call: ``sh_coeffs`` -> spherical harmonics, ``lights`` -> Lambertian directional
     lights, neither -> unlit albedo. Normals are area-weighted vertex normals of the *full* mesh (so a rendered
-    subset has no seam at its border), interpolated per pixel and renormalised, or a UV normal map.
+    subset has no seam at its border), interpolated per pixel and renormalised; a UV normal map replaces them, or a
+    UV displacement map bends them per pixel (bump mapping, :func:`facelab.uv.bump_normals`: the displacement's UV
+    derivatives carried onto the surface by the layout's tangent frame, so detail finer than the mesh shades at
+    the render resolution).
 
     Args:
         faces: (F, 3) long triangles of the model.
@@ -67,6 +72,8 @@ class MeshRenderer(nn.Module):
         cull_backfaces: skip back-facing triangles.
         sh_convention: ``"deep3d"`` or ``"deca"`` (see :func:`facelab.render.shading.sh_basis`).
         background: value of uncovered pixels.
+        backface_factor: factor on the colour of back-facing fragments (clockwise in NDC), e.g. 0.25 to show the
+            inside of a mouth or an eye socket seen through an opening as a dark cavity; 1 leaves them as lit.
     """
 
     faces: Tensor
@@ -76,7 +83,8 @@ class MeshRenderer(nn.Module):
 
     def __init__(self, faces: Tensor, image_size: int | tuple[int, int] = 224, uv: Tensor | None = None,
                  faces_uv: Tensor | None = None, face_subset: Tensor | None = None, backend: str = "torch",
-                 cull_backfaces: bool = False, sh_convention: str = "deep3d", background: float = 0.0):
+                 cull_backfaces: bool = False, sh_convention: str = "deep3d", background: float = 0.0,
+                 backface_factor: float = 1.0):
         super().__init__()
         faces = torch.as_tensor(faces, dtype=torch.long)
         face_ids = torch.arange(faces.shape[0]) if face_subset is None else torch.as_tensor(face_subset).long()
@@ -98,6 +106,7 @@ class MeshRenderer(nn.Module):
         self.cull_backfaces = cull_backfaces
         self.sh_convention = sh_convention
         self.background = background
+        self.backface_factor = float(backface_factor)
 
     @classmethod
     def from_model(cls, model, region: str | None = None, **kwargs) -> MeshRenderer:
@@ -119,48 +128,69 @@ class MeshRenderer(nn.Module):
 
     def forward(self, verts: Tensor, camera: Camera, albedo: Tensor | float | None = None,
                 texture: Tensor | None = None, lights: DirectionalLights | None = None,
-                sh_coeffs: Tensor | None = None, normal_map: Tensor | None = None) -> RenderOutput:
+                sh_coeffs: Tensor | None = None, normal_map: Tensor | None = None,
+                displacement_map: Tensor | None = None, displacement_scale: float = 1.0) -> RenderOutput:
         """Render.
 
         Args:
             verts: (B, V, 3) vertices in the camera's world/model frame.
             camera: a camera of :mod:`facelab.render.camera` with batch ``B``.
             albedo: per-vertex (B, V, C) or (V, C), constant (C,) or a float; 1 when None and no texture.
-            texture: (B, C, Ht, Wt) UV albedo texture (needs ``uv``/``faces_uv``); overrides ``albedo``.
+            texture: (B or 1, C, Ht, Wt) UV albedo texture (needs ``uv``/``faces_uv``); overrides ``albedo``.
             lights: directional lights, directions in the view frame.
             sh_coeffs: (B, 27) or (B, 9, C) spherical-harmonics coefficients (takes precedence over lights).
-            normal_map: (B, 3, Ht, Wt) UV map of unit normals in the model frame (detail normals).
+            normal_map: (B or 1, 3, Ht, Wt) UV map of unit normals in the model frame (detail normals).
+            displacement_map: (B or 1, 1, Hd, Wd) UV map of offsets along the normal (bump-mapped shading; the
+                geometry and silhouette stay those of ``verts``). Not together with ``normal_map``.
+            displacement_scale: length units of ``verts`` per unit of ``displacement_map`` (e.g. 1e-3 for a map
+                in millimetres on a mesh in metres).
 
         Returns:
             :class:`RenderOutput`.
         """
+        if normal_map is not None and displacement_map is not None:
+            raise ValueError("give normal_map or displacement_map, not both")
         verts_view = camera.to_view(verts)
         verts_ndc = camera.view_to_ndc(verts_view)
         frags = rasterize(verts_ndc, self.faces, self.image_size, backend=self.backend,
                           cull_backfaces=self.cull_backfaces, perspective_correct=camera.is_perspective)
-        color = self._albedo(albedo, texture, frags, verts)
+        lit = sh_coeffs is not None or lights is not None
+        uses_uv = texture is not None or (lit and (normal_map is not None or displacement_map is not None))
+        uv = self._pixel_uv(frags, verts.dtype) if uses_uv else None
+        color = self._albedo(albedo, texture, frags, verts, uv)
         shading = None
-        if sh_coeffs is not None or lights is not None:
-            normals = self._normals(verts_view, camera, frags, normal_map)
+        if lit:
+            normals = self._normals(verts, verts_view, camera, frags, uv, normal_map, displacement_map,
+                                    displacement_scale)
             shading = self._shade(normals, frags, lights, sh_coeffs)
+        if self.backface_factor != 1.0:
+            factor = torch.where(self._front_facing(verts_ndc, frags), 1.0, self.backface_factor)[:, None]
+            shading = factor.to(color.dtype) if shading is None else shading * factor
+        if shading is not None:
             color = color * shading
         image = frags.unpack(color, self.background).permute(0, 3, 1, 2)
         mask = frags.mask.unsqueeze(1).to(image.dtype)
-        shading_img = None if shading is None else frags.unpack(shading).permute(0, 3, 1, 2)
+        shading_img = None if shading is None or not lit else frags.unpack(shading).permute(0, 3, 1, 2)
         return RenderOutput(image=image, mask=mask, shading=shading_img, fragments=frags, verts_ndc=verts_ndc)
 
-    def _uv_image(self, frags: Fragments, dtype: torch.dtype) -> Tensor:
+    def _pixel_uv(self, frags: Fragments, dtype: torch.dtype) -> Tensor:
+        """(M, 2) UV coordinates of the covered pixels."""
         if self.corner_uv is None:
-            raise ValueError("texture / normal_map rendering needs the renderer built with uv and faces_uv")
-        return interpolate(self.corner_uv.to(dtype), frags, per_corner=True)  # (B, H, W, 2)
+            raise ValueError("texture / normal_map / displacement_map rendering needs the renderer built with uv and "
+                             "faces_uv")
+        return interpolate_packed(self.corner_uv.to(dtype), frags, per_corner=True)
 
-    def _albedo(self, albedo, texture: Tensor | None, frags: Fragments, verts: Tensor) -> Tensor:
+    @staticmethod
+    def _sample(uv_map: Tensor, uv: Tensor, frags: Fragments) -> Tensor:
+        """(M, C) values of a (B or 1, C, Ht, Wt) UV map at the covered pixels."""
+        from facelab.uv.texture import sample_texture_packed
+
+        return sample_texture_packed(uv_map, uv.to(uv_map.dtype), frags.batch_idx)
+
+    def _albedo(self, albedo, texture: Tensor | None, frags: Fragments, verts: Tensor, uv: Tensor | None) -> Tensor:
         """(M, C) albedo of the covered pixels."""
         if texture is not None:
-            from facelab.uv.texture import sample_texture
-
-            sampled = sample_texture(texture, self._uv_image(frags, texture.dtype))  # (B, C, H, W)
-            return sampled.permute(0, 2, 3, 1).reshape(-1, texture.shape[1])[frags.pix_idx]
+            return self._sample(texture, uv, frags)
         if albedo is None:
             albedo = 1.0
         albedo = torch.as_tensor(albedo, dtype=verts.dtype, device=verts.device)
@@ -168,24 +198,37 @@ class MeshRenderer(nn.Module):
             return albedo.reshape(1, -1).expand(frags.pix_idx.shape[0], -1)
         return interpolate_packed(albedo, frags, per_corner=False)
 
-    def _normals(self, verts_view: Tensor, camera: Camera, frags: Fragments, normal_map: Tensor | None) -> Tensor:
+    def _normals(self, verts: Tensor, verts_view: Tensor, camera: Camera, frags: Fragments, uv: Tensor | None,
+                 normal_map: Tensor | None, displacement_map: Tensor | None, displacement_scale: float) -> Tensor:
         """(M, 3) unit shading normals of the covered pixels, view frame."""
         if normal_map is not None:
-            from facelab.uv.texture import sample_texture
+            sampled = frags.unpack(self._sample(normal_map, uv, frags)).flatten(1, 2)  # (B, H*W, 3) model frame
+            normals = camera.directions_to_view(sampled).reshape(-1, 3).index_select(0, frags.pix_idx)
+            return F.normalize(normals, dim=-1, eps=1e-12)
+        normals = interpolate_packed(vertex_normals(verts_view, self.normal_faces), frags, per_corner=False)
+        if displacement_map is None:
+            return F.normalize(normals, dim=-1, eps=1e-12)
+        from facelab.uv.displacement import bump_normals, displacement_gradient
+        from facelab.uv.maps import uv_surface_gradients
 
-            sampled = sample_texture(normal_map, self._uv_image(frags, normal_map.dtype))  # (B, 3, H, W)
-            n_img = camera.directions_to_view(sampled.permute(0, 2, 3, 1).flatten(1, 2))  # (B, H*W, 3)
-            normals = n_img.reshape(-1, 3)[frags.pix_idx]
-        else:
-            normals = interpolate_packed(vertex_normals(verts_view, self.normal_faces), frags, per_corner=False)
-        return F.normalize(normals, dim=-1, eps=1e-12)
+        d_uv = self._sample(displacement_gradient(displacement_map), uv, frags)  # (M, 2)
+        # The tangent frame in the world frame (where the displacement's units are), then turned into the view.
+        grad_u, grad_v = uv_surface_gradients(verts, self.faces, self.corner_uv)  # (B, F_s, 3) each
+        grads = camera.directions_to_view(torch.cat([grad_u, grad_v], dim=1))
+        flat = frags.batch_idx * self.faces.shape[0] + frags.face_idx
+        grad_u, grad_v = (g.reshape(-1, 3).index_select(0, flat) for g in grads.chunk(2, dim=1))
+        return bump_normals(F.normalize(normals, dim=-1, eps=1e-12), d_uv.to(normals.dtype), grad_u, grad_v,
+                            displacement_scale)
 
     def _shade(self, normals: Tensor, frags: Fragments, lights: DirectionalLights | None,
                sh_coeffs: Tensor | None) -> Tensor:
-        """(M, C) shading of the covered pixels; per-image lighting is gathered per pixel."""
+        """(M, C) shading of the covered pixels (SH: one (M_n, 9) x (9, C) product per image)."""
         if sh_coeffs is not None:
-            bands = sh_coeffs_to_bands(sh_coeffs, self.sh_convention)  # (B, 9, C)
-            return sh_shading(normals, bands[frags.batch_idx], self.sh_convention)
+            bands = sh_coeffs_to_bands(sh_coeffs, self.sh_convention).to(normals.dtype)  # (B, 9, C)
+            basis = sh_basis(normals, self.sh_convention)  # (M, 9)
+            counts = torch.bincount(frags.batch_idx, minlength=bands.shape[0]).tolist()
+            parts = [chunk @ bands[n] for n, chunk in enumerate(basis.split(counts))]
+            return torch.cat(parts) if parts else basis.new_zeros(0, bands.shape[-1])
         dirs, ints = lights.directions.to(normals), lights.intensities.to(normals)
         if dirs.dim() == 3:
             dirs = dirs[frags.batch_idx]
@@ -193,6 +236,15 @@ class MeshRenderer(nn.Module):
             ints = ints[frags.batch_idx]
         return lambertian(normals, dirs, ints)
 
+    def _front_facing(self, verts_ndc: Tensor, frags: Fragments) -> Tensor:
+        """(M,) bool: the covered pixel's face is counter-clockwise in NDC."""
+        tri = verts_ndc.detach().index_select(1, self.faces.reshape(-1))[..., :2]
+        tri = tri.view(verts_ndc.shape[0], self.faces.shape[0], 3, 2)
+        e1, e2 = tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0]
+        front = (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]) > 0  # (B, F_s)
+        return front.reshape(-1).index_select(0, frags.batch_idx * self.faces.shape[0] + frags.face_idx)
+
     def extra_repr(self) -> str:
         return (f"faces={self.faces.shape[0]}/{self.faces_all.shape[0]}, image_size={self.image_size}, "
-                f"backend={self.backend!r}, cull_backfaces={self.cull_backfaces}")
+                f"backend={self.backend!r}, cull_backfaces={self.cull_backfaces}, "
+                f"backface_factor={self.backface_factor}")

@@ -14,7 +14,8 @@ from facelab.render.shading import vertex_normals
 from facelab.uv.maps import sample_at_vertices, vertex_uv_pairs
 from facelab.uv.subdivide import MeshSubdivider
 
-__all__ = ["DisplacementMapper", "displace_along_normals", "displacement_to_normal_map"]
+__all__ = ["DisplacementMapper", "bump_normals", "displace_along_normals", "displacement_gradient",
+           "displacement_to_normal_map"]
 
 
 def displace_along_normals(verts: Tensor, faces: Tensor, displacement: Tensor,
@@ -121,3 +122,46 @@ def displacement_to_normal_map(position_map: Tensor, normal_map: Tensor, displac
     normal = normal * torch.sign((normal * normal_map).sum(dim=1, keepdim=True) + 1e-30)
     ok = (valid > 0) & (normal.norm(dim=1, keepdim=True) > 1e-12)
     return torch.where(ok, F.normalize(normal, dim=1, eps=1e-12), normal_map)
+
+
+def displacement_gradient(displacement: Tensor) -> Tensor:
+    """Derivatives of UV maps along u and v, per UV unit (central differences; one-sided at the map's border).
+
+    Row 0 of a UV map is v = 1 (:mod:`facelab.uv.maps`), so ``d/dv`` is the difference of the row above minus the
+    row below. A displacement map's gutter should be filled first (:func:`facelab.uv.dilate_uv_map`) so that chart
+    borders do not read as steps.
+
+    Args:
+        displacement: (B, C, S_h, S_w) maps (C = 1 for a displacement map).
+
+    Returns:
+        (B, 2C, S_h, S_w): the C maps' ``d/du`` then their ``d/dv``.
+    """
+    if displacement.dim() != 4:
+        raise ValueError(f"displacement must be (B, C, S_h, S_w), got {tuple(displacement.shape)}")
+    s_h, s_w = displacement.shape[-2:]
+    pad = F.pad(displacement, (1, 1, 1, 1), mode="replicate")
+    d_u = (pad[..., 1:-1, 2:] - pad[..., 1:-1, :-2]) * (s_w / 2.0)
+    d_v = (pad[..., :-2, 1:-1] - pad[..., 2:, 1:-1]) * (s_h / 2.0)
+    return torch.cat([d_u, d_v], dim=1)
+
+
+def bump_normals(normals: Tensor, d_uv: Tensor, grad_u: Tensor, grad_v: Tensor, scale: float = 1.0) -> Tensor:
+    """Normals of a surface displaced along its normals, to first order (Blinn 1978 bump mapping).
+
+    The displaced surface ``P + s d n`` has the normal ``normalize(n - s grad_S d)`` up to curvature terms, with
+    the surface gradient ``grad_S d = dd/du grad u + dd/dv grad v`` from the UV derivatives of the displacement
+    map (:func:`displacement_gradient`) and the tangent frame of the layout
+    (:func:`facelab.uv.maps.uv_surface_gradients`). Shapes broadcast, e.g. (M, 3) normals of packed pixels.
+
+    Args:
+        normals: (..., 3) unit base normals.
+        d_uv: (..., 2) ``(dd/du, dd/dv)`` in displacement units per UV unit.
+        grad_u, grad_v: (..., 3) surface gradients of u and v, per length unit of the frame of ``normals``.
+        scale: length units per displacement unit (e.g. 1e-3 for a map in mm on a mesh in metres).
+
+    Returns:
+        (..., 3) unit detail normals.
+    """
+    slope = d_uv[..., 0:1] * grad_u + d_uv[..., 1:2] * grad_v
+    return F.normalize(normals - scale * slope, dim=-1, eps=1e-12)

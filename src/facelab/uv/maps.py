@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from facelab.render.rasterize import Fragments, rasterize
 from facelab.render.shading import vertex_normals
 
-__all__ = ["UVMapper", "dilate_uv_map", "rasterize_uv", "sample_at_vertices", "uv_to_grid", "vertex_uv_pairs"]
+__all__ = ["UVMapper", "dilate_uv_map", "rasterize_uv", "sample_at_vertices", "uv_surface_gradients", "uv_to_grid",
+           "vertex_uv_pairs"]
 
 
 def _as_size(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -69,6 +70,37 @@ def sample_at_vertices(uv_map: Tensor, uv: Tensor, pairs: Tensor, num_verts: int
     total = uv_map.new_zeros(b, num_verts, c).index_add(1, vert, samples)
     count = uv_map.new_zeros(num_verts).index_add(0, vert, torch.ones_like(vert, dtype=uv_map.dtype))
     return total / count.clamp(min=1)[None, :, None]
+
+
+def uv_surface_gradients(verts: Tensor, faces: Tensor, corner_uv: Tensor) -> tuple[Tensor, Tensor]:
+    """Surface gradients of the u and v coordinates on every triangle: the (dual) tangent frame of a UV layout.
+
+    For a function f linear on a triangle with edges ``e1 = P1 - P0``, ``e2 = P2 - P0`` and unit normal ``n``,
+    ``grad f = ((f1 - f0) e2 x n + (f2 - f0) n x e1) / |e1 x e2|`` (it lies in the triangle's plane). A UV map
+    ``D`` then varies on the surface as ``grad_S D = dD/du grad u + dD/dv grad v`` (the bump mapping of
+    :func:`facelab.uv.displacement.bump_normals`).
+
+    Args:
+        verts: (B, V, 3) vertices (any frame; the gradients are in that frame, per unit of its length).
+        faces: (F, 3) long.
+        corner_uv: (F, 3, 2) UV of each face corner (``uv[faces_uv]``).
+
+    Returns:
+        ``(grad_u, grad_v)``, (B, F, 3) each; zero on degenerate triangles.
+    """
+    corners = verts.index_select(1, faces.reshape(-1)).view(verts.shape[0], faces.shape[0], 3, 3)
+    p0, p1, p2 = corners.unbind(2)
+    e1, e2 = p1 - p0, p2 - p0
+    c = torch.cross(e1, e2, dim=-1)
+    area2 = c.norm(dim=-1, keepdim=True)
+    inv = torch.where(area2 > 0, 1.0 / area2.clamp(min=torch.finfo(verts.dtype).tiny), 0.0)
+    n = c * inv
+    a, b = torch.cross(e2, n, dim=-1) * inv, torch.cross(n, e1, dim=-1) * inv
+    corner_uv = corner_uv.to(verts.dtype)
+    duv1, duv2 = corner_uv[:, 1] - corner_uv[:, 0], corner_uv[:, 2] - corner_uv[:, 0]  # (F, 2)
+    grad_u = duv1[:, 0, None] * a + duv2[:, 0, None] * b
+    grad_v = duv1[:, 1, None] * a + duv2[:, 1, None] * b
+    return grad_u, grad_v
 
 
 def rasterize_uv(uv: Tensor, faces_uv: Tensor, size: int | tuple[int, int], backend: str = "torch") -> Fragments:

@@ -15,7 +15,7 @@ from torch import Tensor
 from facelab.render.rasterize import Fragments
 from facelab.uv.maps import UVMapper, uv_to_grid
 
-__all__ = ["UnwrappedTexture", "sample_texture", "unwrap_texture"]
+__all__ = ["UnwrappedTexture", "sample_texture", "sample_texture_packed", "unwrap_texture"]
 
 
 def sample_texture(texture: Tensor, uv: Tensor, mode: str = "bilinear", padding_mode: str = "border") -> Tensor:
@@ -37,6 +37,38 @@ def sample_texture(texture: Tensor, uv: Tensor, mode: str = "bilinear", padding_
         texture = texture.expand(uv.shape[0], -1, -1, -1)
     return F.grid_sample(texture, uv_to_grid(uv).to(texture.dtype), mode=mode, padding_mode=padding_mode,
                          align_corners=False)
+
+
+def sample_texture_packed(texture: Tensor, uv: Tensor, batch_idx: Tensor, mode: str = "bilinear",
+                          padding_mode: str = "border") -> Tensor:
+    """Look UV textures up at scattered points of a batch: the packed pixels of :class:`~facelab.render.Fragments`.
+
+    One ``grid_sample`` over (B, 1, M_max) points (M_max: the most points of one image), so the cost follows the
+    covered pixels rather than the whole images.
+
+    Args:
+        texture: (B, C, Ht, Wt) textures (B = 1 is shared by every point).
+        uv: (M, 2) UV coordinates of the points.
+        batch_idx: (M,) long image of each point, ascending (the order of ``Fragments.pix_idx``).
+        mode, padding_mode: ``grid_sample`` options.
+
+    Returns:
+        (M, C) sampled values (differentiable w.r.t. the texture and the UVs).
+    """
+    if texture.dim() != 4 or uv.dim() != 2 or uv.shape[-1] != 2 or batch_idx.shape != uv.shape[:1]:
+        raise ValueError(f"texture must be (B, C, Ht, Wt), uv (M, 2) and batch_idx (M,); got {tuple(texture.shape)}, "
+                         f"{tuple(uv.shape)}, {tuple(batch_idx.shape)}")
+    grid = uv_to_grid(uv).to(texture.dtype)
+    if texture.shape[0] == 1 or uv.shape[0] == 0:
+        out = F.grid_sample(texture[:1], grid[None, None], mode=mode, padding_mode=padding_mode, align_corners=False)
+        return out[0, :, 0].transpose(0, 1)
+    b = texture.shape[0]
+    counts = torch.bincount(batch_idx, minlength=b)
+    offsets = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(uv.shape[0], device=uv.device) - offsets[batch_idx]  # rank of each point in its image
+    padded = grid.new_zeros(b, int(counts.max()), 2).index_put((batch_idx, pos), grid)
+    out = F.grid_sample(texture, padded[:, None], mode=mode, padding_mode=padding_mode, align_corners=False)
+    return out[:, :, 0].transpose(1, 2)[batch_idx, pos]
 
 
 @dataclass
