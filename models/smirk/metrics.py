@@ -156,7 +156,7 @@ class ExpressionVertexError:
         """(B, V, 3) expression-only meshes of (B, K) expression, (B, 3) jaw, (B, 2) eyelids."""
         model = self.model(expression.shape[-1])
         shape = expression.new_zeros(expression.shape[0], model.n_shape)
-        return model(FlameParams(shape=shape, expression=expression, jaw_pose=jaw_pose, eyelids=eyelids)).verts
+        return model(FlameParams(identity=shape, expression=expression, jaw_pose=jaw_pose, eyelids=eyelids)).verts
 
     def __call__(self, expression: Tensor, jaw_pose: Tensor, eyelids: Tensor, truth: FlameGroundTruth) -> Tensor:
         """(B, V_face) per-vertex errors in mm of the predicted (B, K) expression, (B, 3) jaw, (B, 2) eyelids."""

@@ -309,7 +309,7 @@ class SmirkEncoding:
 
     def flame_params(self) -> FlameParams:
         """FLAME parameters (neck and eye poses zero, as in SMIRK)."""
-        return FlameParams(shape=self.shape, expression=self.expression, global_pose=self.global_pose,
+        return FlameParams(identity=self.shape, expression=self.expression, global_pose=self.global_pose,
                            jaw_pose=self.jaw_pose, eyelids=self.eyelids)
 
     def camera(self, depth_offset: float = 10.0) -> WeakPerspectiveCamera:

@@ -155,14 +155,15 @@ def test_zero_coefficients_give_the_mean(model, mat_path):
     torch.testing.assert_close(centred.mean(0), torch.zeros(3), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("part,key,k", [("id", "idBase", 3), ("exp", "exBase", 0), ("tex", "texBase", 5)])
+@pytest.mark.parametrize("part,key,k", [("identity", "idBase", 3), ("expression", "exBase", 0),
+                                        ("albedo", "texBase", 5)])
 def test_a_coefficient_adds_its_basis_vector(model, mat_path, part, key, k):
     mat = scipy.io.loadmat(str(mat_path))
     params = _params(model)
     getattr(params, part)[0, k] = 0.1  # small: the albedo stays inside [0, 1] (no clamping)
     out, base = model(params), model(_params(model))
-    got = (out.albedo - base.albedo) if part == "tex" else (out.verts - base.verts)
-    expected = 0.1 * mat[key][:, k].reshape(-1, 3) / (255 if part == "tex" else 1)
+    got = (out.albedo - base.albedo) if part == "albedo" else (out.verts - base.verts)
+    expected = 0.1 * mat[key][:, k].reshape(-1, 3) / (255 if part == "albedo" else 1)
     np.testing.assert_allclose(got[0].numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
@@ -173,7 +174,7 @@ def test_component_counts(mat_path):
     assert out.verts.shape[1] == small.num_verts
     with pytest.raises(AssetFormatError, match="num_id=81 but the file has 80 identity components"):
         Bfm(str(mat_path), num_id=81)
-    with pytest.raises(ValueError, match=r"BfmParams.exp must be \(B, 5\)"):
+    with pytest.raises(ValueError, match=r"BfmParams.expression must be \(B, 5\)"):
         small(BfmParams(torch.zeros(1, 10), torch.zeros(1, 64)))
 
 
@@ -188,13 +189,14 @@ def test_float64_batch_device_and_gradients(mat_path):
     m64 = Bfm(str(mat_path)).double()
     assert m64.shape_basis.dtype == torch.float64
     params = BfmParams(*(torch.randn(4, k, dtype=torch.float64, requires_grad=True) * 0.1 for k in (80, 64, 80)))
-    for p in (params.id, params.exp, params.tex):
+    for p in (params.identity, params.expression, params.albedo):
         p.retain_grad()
     out = m64(params)
     assert out.verts.dtype == out.albedo.dtype == torch.float64 and out.verts.shape[0] == 4
     (out.landmarks68.square().sum() + out.albedo.sum()).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (params.id, params.exp, params.tex))
-    single = m64(BfmParams(params.id[2:3].detach(), params.exp[2:3].detach(), params.tex[2:3].detach()))
+    blocks = (params.identity, params.expression, params.albedo)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in blocks)
+    single = m64(BfmParams(params.identity[2:3].detach(), params.expression[2:3].detach(), params.albedo[2:3].detach()))
     torch.testing.assert_close(single.verts[0], out.verts[2].detach())
     meta = Bfm(str(mat_path)).to("meta")  # no device is assumed anywhere
     out_meta = meta(BfmParams(*(torch.zeros(2, k, device="meta") for k in (80, 64, 80))))

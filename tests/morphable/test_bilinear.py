@@ -146,11 +146,11 @@ def test_a_coefficient_adds_its_basis_vector(model, raw):
     base = model(_zeros(model)).verts[0].numpy()
     core = core_to_residual(raw["shape_bm_core"].astype(np.float64))
     exp = _zeros(model)
-    exp.exp[0, 7] = 1.0  # blendshape 8 of the 51 (w_exp[8] = 1)
+    exp.expression[0, 7] = 1.0  # blendshape 8 of the 51 (w_exp[8] = 1)
     np.testing.assert_allclose(model(exp).verts[0].numpy() - base, (core[:, 8] @ raw["id_mean"]).reshape(-1, 3),
                                rtol=1e-4, atol=1e-3)
     ident = _zeros(model)
-    ident.id[0, 3] = 1.0  # one standard deviation of identity factor 3
+    ident.identity[0, 3] = 1.0  # one standard deviation of identity factor 3
     expected = np.sqrt(raw["id_var"][3]) * core[:, 0, 3].reshape(-1, 3)
     np.testing.assert_allclose(model(ident).verts[0].numpy() - base, expected, rtol=1e-4, atol=1e-3)
 
@@ -174,14 +174,15 @@ def test_bilinear_against_the_toolkit_formula(model, raw):
 
 def test_factors_round_trip_and_truncation(model, npz_path):
     params = BilinearParams(torch.randn(2, 50), torch.rand(2, 51))
-    factors = model.identity_factors(params.id)
-    again = model.coefficients_from_factors(factors, torch.cat([torch.ones(2, 1), params.exp], 1))
-    torch.testing.assert_close(again.id, params.id, atol=1e-4, rtol=1e-4)
+    factors = model.identity_factors(params.identity)
+    again = model.coefficients_from_factors(factors, torch.cat([torch.ones(2, 1), params.expression], 1))
+    torch.testing.assert_close(again.identity, params.identity, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="neutral weight 1"):
         model.coefficients_from_factors(factors, torch.zeros(2, 52))
     small = BilinearModel(str(npz_path), num_id=10)
-    padded = BilinearParams(torch.cat([params.id[:, :10], torch.zeros(2, 40)], 1), params.exp)
-    torch.testing.assert_close(small(BilinearParams(params.id[:, :10], params.exp)).verts, model(padded).verts)
+    padded = BilinearParams(torch.cat([params.identity[:, :10], torch.zeros(2, 40)], 1), params.expression)
+    cut = BilinearParams(params.identity[:, :10], params.expression)
+    torch.testing.assert_close(small(cut).verts, model(padded).verts)
     with pytest.raises(AssetFormatError, match="num_id=51"):
         BilinearModel(str(npz_path), num_id=51)
 
@@ -230,5 +231,5 @@ def test_errors(tmp_path, raw, model):
         BilinearModel(broken(id_mean=raw["id_mean"][:49]))
     with pytest.raises(AssetFormatError, match="'lm_list_v16'"):
         BilinearModel(broken(lm_list_v16=raw["lm_list_v16"][:60]))
-    with pytest.raises(ValueError, match=r"exp must be \(B, 51\)"):
+    with pytest.raises(ValueError, match=r"expression must be \(B, 51\)"):
         model(BilinearParams(torch.zeros(1, 50), torch.zeros(1, 52)))

@@ -39,7 +39,7 @@ def random_params(model: Flame, batch: int, seed: int = 0, dtype=torch.float32) 
     def r(n, s=1.0):
         return (torch.randn(batch, n, generator=g) * s).to(dtype)
 
-    return FlameParams(shape=r(model.n_shape), expression=r(model.n_expression), global_pose=r(3, 0.3),
+    return FlameParams(identity=r(model.n_shape), expression=r(model.n_expression), global_pose=r(3, 0.3),
                        neck_pose=r(3, 0.1), jaw_pose=r(3, 0.1), eye_pose=r(6, 0.1),
                        eyelids=torch.rand(batch, 2, generator=g).to(dtype))
 
@@ -50,7 +50,7 @@ def test_loads_every_companion_file(flame, arrays, folder):
     assert flame.has_mediapipe and flame.has_eyelids
     assert flame.uv.shape[0] > 0 and flame.faces_uv.shape == flame.faces.shape
     assert "face" in flame.regions and len(flame.region_faces("face")) > 0
-    out = flame(flame.zero_params(3))
+    out = flame(flame.neutral_params(3))
     assert out.verts.shape == (3, flame.num_verts, 3)
     assert out.landmarks68.shape == (3, 68, 3) and out.landmarks_mp.shape == (3, 105, 3)
     assert out.joints.shape == (3, 5, 3)
@@ -58,8 +58,8 @@ def test_loads_every_companion_file(flame, arrays, folder):
 
 def test_zero_pose_is_template_plus_blendshapes(flame, arrays):
     p = random_params(flame, 2)
-    p = FlameParams(shape=p.shape, expression=p.expression)
-    betas = torch.cat([p.shape, p.expression], 1).double().numpy()
+    p = FlameParams(identity=p.identity, expression=p.expression)
+    betas = torch.cat([p.identity, p.expression], 1).double().numpy()
     dirs = np.concatenate([arrays.shapedirs[..., :flame.n_shape], arrays.shapedirs[..., 300:]], axis=2)
     expected = arrays.v_template[None] + np.einsum("bk,vck->bvc", betas, dirs)
     np.testing.assert_allclose(flame(p).verts.numpy(), expected, atol=1e-5)
@@ -69,8 +69,8 @@ def test_jaw_rotation_moves_only_jaw_weighted_vertices(arrays):
     no_correctives = dataclasses.replace(arrays, posedirs=np.zeros_like(arrays.posedirs))
     for a, correctives in ((no_correctives, False), (arrays, True)):
         model = Flame.from_arrays(a)
-        base = model(model.zero_params(1)).verts
-        p = model.zero_params(1)
+        base = model(model.neutral_params(1)).verts
+        p = model.neutral_params(1)
         p.jaw_pose = torch.tensor([[0.3, 0.0, 0.0]])
         moved = (model(p).verts - base)[0]
         jaw_weighted = torch.as_tensor(a.weights[:, 2] > 0)
@@ -87,7 +87,7 @@ def test_jaw_rotation_moves_only_jaw_weighted_vertices(arrays):
 def test_gradcheck_whole_forward_float64(arrays):
     model = Flame.from_arrays(arrays, n_shape=4, n_expression=3).double()
     p = random_params(model, 2, dtype=torch.float64)
-    names = ["shape", "expression", "global_pose", "jaw_pose", "neck_pose", "eye_pose", "eyelids"]
+    names = ["identity", "expression", "global_pose", "jaw_pose", "neck_pose", "eye_pose", "eyelids"]
     inputs = tuple(getattr(p, n).clone().requires_grad_() for n in names)
 
     def fn(*xs):
@@ -100,7 +100,7 @@ def test_gradcheck_whole_forward_float64(arrays):
 def test_gradcheck_at_zero_pose(arrays):
     model = Flame.from_arrays(arrays, n_shape=2, n_expression=2).double()
     pose = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
-    zeros = model.zero_params(1)
+    zeros = model.neutral_params(1)
     def fn(g):
         return model(dataclasses.replace(zeros, global_pose=g)).verts
 
@@ -111,7 +111,7 @@ def test_matches_smplx_style_reference(flame, arrays):
     p = random_params(flame, 4, seed=3)
     out = flame(FlameParams(**{**vars(p), "eyelids": None}))
     ref = ReferenceFlame(arrays)
-    betas, pose = torch.cat([p.shape, p.expression], 1), p.full_pose()
+    betas, pose = torch.cat([p.identity, p.expression], 1), p.full_pose()
     verts, joints = ref(betas, pose)
     torch.testing.assert_close(out.verts, verts, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.joints, joints, atol=1e-5, rtol=0)
@@ -126,7 +126,7 @@ def test_dynamic_contour_row_follows_yaw(yaw_deg, row):
 
 
 def test_eyelids_are_added_after_skinning(flame, arrays):
-    p = flame.zero_params(1)
+    p = flame.neutral_params(1)
     p.global_pose = torch.tensor([[0.0, 0.5, 0.0]])
     closed = dataclasses.replace(p, eyelids=torch.tensor([[1.0, 0.0]]))
     delta = (flame(closed).verts - flame(p).verts)[0].numpy()
@@ -135,9 +135,9 @@ def test_eyelids_are_added_after_skinning(flame, arrays):
 
 def test_component_counts_and_param_checks(folder):
     model = Flame(str(folder), n_shape=10, n_expression=5)
-    assert model(model.zero_params(2)).verts.shape[0] == 2
+    assert model(model.neutral_params(2)).verts.shape[0] == 2
     with pytest.raises(ValueError, match=r"expression must be \(B, 5\)"):
-        model(FlameParams(shape=torch.zeros(1, 10), expression=torch.zeros(1, 6)))
+        model(FlameParams(identity=torch.zeros(1, 10), expression=torch.zeros(1, 6)))
     with pytest.raises(AssetFormatError, match="n_shape"):
         Flame(str(folder), n_shape=301)
 

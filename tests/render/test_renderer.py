@@ -176,7 +176,7 @@ def test_from_model_renders_a_named_region_of_flame():
     from facelab.morphable import Flame
 
     flame = Flame.from_arrays(synthetic.build_flame_arrays(seed=0, size="tiny"), n_shape=10, n_expression=10)
-    verts = flame(flame.zero_params(2)).verts
+    verts = flame(flame.neutral_params(2)).verts
     cam = WeakPerspectiveCamera.from_params(torch.tensor([[8.0, 0.0, 0.0]] * 2))
     whole = MeshRenderer.from_model(flame, image_size=32)
     face = MeshRenderer.from_model(flame, region="face", image_size=32)

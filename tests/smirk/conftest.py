@@ -32,7 +32,7 @@ class Scene:
 def scene(flame) -> Scene:
     size, b = 64, 2
     gen = torch.Generator().manual_seed(0)
-    params = FlameParams(shape=0.5 * torch.randn(b, 300, generator=gen),
+    params = FlameParams(identity=0.5 * torch.randn(b, 300, generator=gen),
                          expression=0.5 * torch.randn(b, 50, generator=gen),
                          global_pose=torch.tensor([[0.0, 0.3, 0.0], [0.1, -0.2, 0.0]]))
     with torch.no_grad():

@@ -179,9 +179,9 @@ def test_synthetic_templates_act_out_their_classes(flame):
     n = len(templates)
     zero = torch.zeros(n, flame.n_shape)
     with torch.no_grad():
-        neutral = flame(FlameParams(shape=zero, expression=torch.zeros(n, flame.n_expression)))
-        acted = flame(FlameParams(shape=zero, expression=templates.expression))
-        with_jaw = flame(FlameParams(shape=zero, expression=templates.expression, jaw_pose=templates.jaw))
+        neutral = flame(FlameParams(identity=zero, expression=torch.zeros(n, flame.n_expression)))
+        acted = flame(FlameParams(identity=zero, expression=templates.expression))
+        with_jaw = flame(FlameParams(identity=zero, expression=templates.expression, jaw_pose=templates.jaw))
     jaw = templates.names.index("jaw")
     row = int((templates.labels == jaw).nonzero()[0])
 

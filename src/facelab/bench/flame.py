@@ -92,7 +92,7 @@ def random_params(flame: Flame, batch: int, generator: torch.Generator) -> Flame
     def r(*shape, s=1.0):
         return torch.randn(*shape, generator=generator) * s
 
-    return FlameParams(shape=r(batch, flame.n_shape), expression=r(batch, flame.n_expression),
+    return FlameParams(identity=r(batch, flame.n_shape), expression=r(batch, flame.n_expression),
                        global_pose=r(batch, 3, s=0.3), neck_pose=r(batch, 3, s=0.1),
                        jaw_pose=r(batch, 3, s=0.1).abs(), eye_pose=r(batch, 6, s=0.1))
 
@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _measure(flame: Flame, ref: ReferenceFlame, p: FlameParams, device: str, repeat: int) -> list[BenchRow]:
-    betas, pose = torch.cat([p.shape, p.expression], 1), p.full_pose()
+    betas, pose = torch.cat([p.identity, p.expression], 1), p.full_pose()
 
     @torch.no_grad()
     def library():

@@ -232,8 +232,8 @@ class SyntheticFaceBatch(_FaceRecord):
             shape = self.shape[:, None].expand(-1, t, -1).flatten(0, 1)
             flat = {k: getattr(self, k).flatten(0, 1) for k in ("expression", "global_pose", "neck_pose",
                                                                 "jaw_pose", "eye_pose", "eyelids")}
-            return FlameParams(shape=shape, **flat)
-        return FlameParams(shape=self.shape, expression=self.expression, global_pose=self.global_pose,
+            return FlameParams(identity=shape, **flat)
+        return FlameParams(identity=self.shape, expression=self.expression, global_pose=self.global_pose,
                            neck_pose=self.neck_pose, jaw_pose=self.jaw_pose, eye_pose=self.eye_pose,
                            eyelids=self.eyelids)
 
@@ -293,16 +293,16 @@ def _forward(family: str, model: MorphableModel, p: _Frames) -> MeshOutput:
     """Posed meshes in the model frame: FLAME's own pose, or a rigid rotation for the other families."""
     if family == "flame":
         eyelids = p.eyelids if model.has_eyelids else None
-        return model(FlameParams(shape=p.shape, expression=p.expression, global_pose=p.global_pose,
+        return model(FlameParams(identity=p.shape, expression=p.expression, global_pose=p.global_pose,
                                  neck_pose=p.neck_pose, jaw_pose=p.jaw_pose, eye_pose=p.eye_pose, eyelids=eyelids))
     if family == "bfm":
         from facelab.morphable.bfm import BfmParams
 
-        out = model(BfmParams(id=p.shape, exp=p.expression))
+        out = model(BfmParams(identity=p.shape, expression=p.expression))
     elif family == "bilinear":
         from facelab.morphable.bilinear import BilinearParams
 
-        out = model(BilinearParams(id=p.shape, exp=p.expression))
+        out = model(BilinearParams(identity=p.shape, expression=p.expression))
     else:
         from facelab.morphable.ict import IctParams
 

@@ -4,15 +4,18 @@
   :class:`BilinearModel` (FaceScape), :class:`IctFaceModel` (ICT-FaceKit OBJ folder).
 - Every model's ``forward(params)`` returns a :class:`MeshOutput`; ``faces``, ``uv``, ``faces_uv`` and
   ``regions`` describe the topology.
+- One API over every family (:class:`MorphableModel`): params dataclasses with the same field names
+  (:class:`MorphableParams`: ``identity``, ``expression``, ``albedo``, plus FLAME's poses), component counts,
+  ``neutral_params`` / ``random_params`` / ``make_params``, ``forward_posed``, landmark embeddings.
 """
 
 from __future__ import annotations
 
-from facelab.morphable.base import MeshOutput, MorphableModel, barycentric_points, faces_in_region
+from facelab.morphable.base import MeshOutput, MorphableModel, MorphableParams, barycentric_points, faces_in_region
 from facelab.morphable.flame import Flame, FlameParams
 
-__all__ = ["Flame", "FlameParams", "MeshOutput", "MorphableModel", "barycentric_points", "faces_in_region",
-           "load_model"]
+__all__ = ["Flame", "FlameParams", "MeshOutput", "MorphableModel", "MorphableParams", "barycentric_points",
+           "faces_in_region", "load_model"]
 
 
 def load_model(family: str, path: str = "synthetic", **kwargs) -> MorphableModel:

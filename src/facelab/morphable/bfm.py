@@ -36,6 +36,19 @@ deviations as in the ``.mat``, and the expression mean (the mean expression offs
 
 Both become the same :class:`BfmArrays` (numpy, 0-based, (N, 3) / (N, 3, K) layout) and the same :class:`Bfm`
 module. The frame is BFM's: +y up, the face looks along +z.
+
+**UVs.** Neither model file has texture coordinates; the layouts users have are read by :func:`read_bfm_uv`:
+
+- 3DMMasSTN's ``BFM_UV.mat`` (Bas et al., "3D Morphable Models as Spatial Transformer Networks", 2017): key
+  ``UV``, (53490, 2) in [0, 1], one row per vertex of the full BFM 2009 topology (face3d's processed copy holds
+  the (53215, 2) rows of the 3DDFA/Guo et al. trimmed topology);
+- a ``.npy`` (V, 2) per-vertex array, or an ``.obj`` with ``vt`` records and ``f v/vt`` corners.
+
+A table with more rows than the model's vertices is mapped onto them with Deep3DFaceRecon's index files
+(``util/load_mats.py: transferBFM09``): ``BFM_exp_idx.mat`` ``trimIndex`` (53215 ids into the 53490 BFM 2009
+vertices, 1-based) then ``BFM_front_idx.mat`` ``idx`` (35709 ids into those 53215, 1-based), looked up beside
+the model (the ``BFM/`` folder of Deep3DFaceRecon holds both) or given as ``uv_index``. The BFM front face is
+one disc, so the UVs are per vertex (``faces_uv = faces``) unless an OBJ of the same triangles carries seams.
 """
 
 from __future__ import annotations
@@ -51,27 +64,30 @@ from torch import Tensor
 
 from facelab.errors import AssetFormatError
 from facelab.io.assets import require_file
-from facelab.morphable.base import MeshOutput, MorphableModel
+from facelab.io.obj import read_obj
+from facelab.morphable.base import MeshOutput, MorphableModel, MorphableParams
 
 #: The file name of Deep3DFaceRecon's model, also the main file of the synthetic stand-in.
 BFM_MAT_NAME = "BFM_model_front.mat"
+#: 3DMMasSTN's UV file name (looked up beside the model when ``uv_path`` is not given).
+BFM_UV_NAME = "BFM_UV.mat"
+#: Deep3DFaceRecon's vertex index files: (file, key, rows it selects from), applied in this order.
+BFM_INDEX_FILES = (("BFM_exp_idx.mat", "trimIndex", 53490), ("BFM_front_idx.mat", "idx", 53215))
 NUM_LANDMARKS = 68
 _MAT_REQUIRED = ("meanshape", "idBase", "exBase", "meantex", "texBase", "tri", "keypoints")
+_UV_KEYS = ("UV", "uv", "uv_coords")
+_UV_TOLERANCE = 1e-4  # UVs this far outside [0, 1] are rounding, further is a wrong file
 
 
 @dataclass
-class BfmParams:
+class BfmParams(MorphableParams):
     """Coefficients of a BFM face, each in units of one standard deviation of its component.
 
     Attributes:
-        id: (B, K_id) identity coefficients (Deep3DFaceRecon: K_id = 80).
-        exp: (B, K_exp) expression coefficients (Deep3DFaceRecon: 64).
-        tex: (B, K_tex) albedo coefficients (Deep3DFaceRecon: 80); None skips the albedo.
+        identity: (B, K_id) identity coefficients (Deep3DFaceRecon: K_id = 80).
+        expression: (B, K_exp) expression coefficients (Deep3DFaceRecon: 64).
+        albedo: (B, K_tex) albedo coefficients (Deep3DFaceRecon: 80); None skips the albedo.
     """
-
-    id: Tensor
-    exp: Tensor
-    tex: Tensor | None = None
 
 
 @dataclass
@@ -456,6 +472,167 @@ def _resolve_model_path(model_path: str | os.PathLike) -> Path:
                         family="bfm")
 
 
+# ----------------------------------------------------------------------------------------------------------- UVs
+def _read_index_file(path: Path, key: str | None = None) -> np.ndarray:
+    """0-based vertex ids from a MATLAB index file (``idx`` / ``trimIndex``, 1-based), a ``.npy`` or a text file
+    (0-based)."""
+    if path.suffix.lower() == ".mat":
+        import scipy.io
+
+        try:
+            mat = scipy.io.loadmat(str(path))
+        except (ValueError, OSError, TypeError, NotImplementedError) as err:
+            raise AssetFormatError(f"{path}: not a readable MATLAB .mat file ({err})") from err
+        names = [k for k in mat if not k.startswith("__")]
+        name = key if key in mat else next((k for k in ("idx", "trimIndex", "index") if k in mat), None)
+        if name is None and len(names) == 1:
+            name = names[0]
+        _check(name is not None, path, f"no vertex index array: expected key 'idx' or 'trimIndex' (found {names})")
+        ids, one_based = np.asarray(mat[name]).reshape(-1), True
+    elif path.suffix.lower() == ".npy":
+        ids, one_based = np.load(path, allow_pickle=False).reshape(-1), False
+    else:
+        ids, one_based = np.loadtxt(path).reshape(-1), False
+    _check(ids.size > 0, path, "empty vertex index list")
+    return _as_index(ids, path, "vertex index", int(np.max(ids)) + (0 if one_based else 1), one_based)
+
+
+def _read_uv_table(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(rows (N, 2), obj_faces, obj_faces_uv): the per-vertex UV table of a ``.mat``/``.npy``/``.obj``; for an OBJ
+    also its triangles and per-corner UVs (the per-vertex table then has NaN rows for vertices no face uses)."""
+    suffix = path.suffix.lower()
+    if suffix == ".obj":
+        obj = read_obj(path)
+        _check(len(obj.uv) > 0, path, "no 'vt' texture coordinates (or faces without '/vt' corners)")
+        table = np.full((len(obj.verts), 2), np.nan)
+        table[obj.faces.reshape(-1)] = obj.uv[obj.faces_uv.reshape(-1)]
+        seams = np.abs(table[obj.faces.reshape(-1)] - obj.uv[obj.faces_uv.reshape(-1)]).max(initial=0.0)
+        if seams > _UV_TOLERANCE:  # some vertex has several uvs: per-vertex transfer is impossible
+            table = None
+        return table, obj.faces, obj.uv[obj.faces_uv]
+    if suffix == ".npy":
+        table = np.load(path, allow_pickle=False)
+    elif suffix == ".mat":
+        import scipy.io
+
+        try:
+            mat = scipy.io.loadmat(str(path))
+        except (ValueError, OSError, TypeError, NotImplementedError) as err:
+            raise AssetFormatError(f"{path}: not a readable MATLAB .mat file ({err})") from err
+        key = next((k for k in _UV_KEYS if k in mat), None)
+        _check(key is not None, path, f"no UV array: expected key 'UV' as in 3DMMasSTN's BFM_UV.mat "
+               f"(found {sorted(k for k in mat if not k.startswith('__'))})")
+        table = mat[key]
+    else:
+        raise AssetFormatError(f"{path}: unknown UV file type '{suffix}' (expected BFM_UV.mat, a .npy (V, 2) array "
+                               "or an .obj with vt records)")
+    table = np.asarray(table)
+    _check(np.issubdtype(table.dtype, np.number), path, f"UV array is not numeric (dtype {table.dtype})")
+    if table.ndim == 2 and table.shape[0] == 2 and table.shape[1] != 2:
+        table = table.T  # MATLAB (2, N) layout
+    _check(table.ndim == 2 and table.shape[1] == 2, path, f"UV array has shape {table.shape}, expected (N, 2)")
+    return table.astype(np.float64), None, None
+
+
+def _index_chain(uv_index, n_rows: int, folders: list[Path]) -> list[tuple[Path, str | None]]:
+    """The index files mapping ``n_rows`` UV rows to the model: the given ones, or Deep3DFaceRecon's found in
+    ``folders`` (``trimIndex`` then ``idx`` for 53490 rows, ``idx`` alone for 53215)."""
+    if uv_index is not None:
+        paths = [uv_index] if isinstance(uv_index, (str, os.PathLike)) else list(uv_index)
+        return [(require_file(p, what="BFM vertex index file (e.g. Deep3DFaceRecon's BFM_front_idx.mat)",
+                              config_key="uv_index", family="bfm"), None) for p in paths]
+    start = next((i for i, (_, _, rows) in enumerate(BFM_INDEX_FILES) if rows == n_rows), None)
+    if start is None:
+        return []
+    chain = []
+    for name, key, _ in BFM_INDEX_FILES[start:]:
+        found = next((f / name for f in folders if (f / name).is_file()), None)
+        if found is None:
+            return []
+        chain.append((found, key))
+    return chain
+
+
+def read_bfm_uv(
+    path: str | os.PathLike,
+    faces: np.ndarray,
+    num_verts: int,
+    uv_index: str | os.PathLike | list | None = None,
+    search_dirs: list[str | os.PathLike] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """A BFM UV layout (see the module docstring) mapped onto a model's vertices.
+
+    Args:
+        path: ``BFM_UV.mat`` (key ``UV``), a ``.npy`` (N, 2) array or an ``.obj`` with ``vt`` records.
+        faces: (F, 3) 0-based triangles of the model.
+        num_verts: V, the model's vertex count.
+        uv_index: index file(s) from the table's N rows to the V vertices, applied in order (each selects rows of
+            the previous selection: ``[BFM_exp_idx.mat, BFM_front_idx.mat]`` for 3DMMasSTN's 53490 rows and the
+            35709-vertex front model); None: Deep3DFaceRecon's files in ``search_dirs`` when N needs them.
+        search_dirs: folders to look for Deep3DFaceRecon's index files in.
+
+    Returns:
+        uv (T, 2) in [0, 1], v up, and faces_uv (F, 3) per-corner indices into it.
+
+    Raises:
+        MissingAssetError: ``path`` or an index file does not exist (config keys ``uv_path`` / ``uv_index``).
+        AssetFormatError: unreadable file, wrong shape, UVs outside [0, 1] or not finite, a table that cannot be
+            mapped onto the model's vertices.
+    """
+    path = require_file(path, what="BFM UV layout (3DMMasSTN's BFM_UV.mat, a (V, 2) .npy or an OBJ with vt)",
+                        config_key="uv_path", family="bfm")
+    faces = np.asarray(faces, dtype=np.int64)
+    table, obj_faces, obj_corner_uv = _read_uv_table(path)
+    if obj_faces is not None and obj_faces.shape == faces.shape and np.array_equal(obj_faces, faces):
+        uv, faces_uv = np.unique(obj_corner_uv.reshape(-1, 2), axis=0, return_inverse=True)
+        faces_uv = faces_uv.reshape(-1, 3)  # the OBJ's own per-corner layout (seams kept)
+    else:
+        _check(table is not None, path, "the OBJ has UV seams (vertices with several vt) and its triangles differ "
+               f"from the model's ({len(obj_faces) if obj_faces is not None else 0} vs {len(faces)}): per-vertex "
+               "UVs cannot be transferred")
+        n_rows = len(table)
+        chain = _index_chain(uv_index, n_rows, [Path(d) for d in search_dirs])
+        if n_rows != num_verts or uv_index is not None:
+            _check(bool(chain), path,
+                   f"{n_rows} UV rows for a model of {num_verts} vertices, and no vertex index maps them: give "
+                   f"uv_index (Deep3DFaceRecon's {BFM_INDEX_FILES[0][0]} and/or {BFM_INDEX_FILES[1][0]}), or put "
+                   f"those files beside the model")
+            sel = np.arange(n_rows)
+            for index_path, key in chain:
+                ids = _read_index_file(index_path, key)
+                _check(ids.max() < len(sel), index_path,
+                       f"vertex ids up to {ids.max() + 1} select from only {len(sel)} rows (UV table {path}): the "
+                       "index files do not match this UV table or are in the wrong order")
+                sel = sel[ids]
+            _check(len(sel) == num_verts, chain[-1][0],
+                   f"the index files select {len(sel)} vertices but the model has {num_verts}")
+            table = table[sel]
+        uv, faces_uv = table, faces.copy()
+        used = np.unique(faces)
+        _check(not np.isnan(uv[used]).any(), path, "some vertices of the model's triangles have no UV")
+        uv = np.nan_to_num(uv, nan=0.0)  # unused vertices (no triangle) get (0, 0)
+    _check(bool(np.isfinite(uv).all()), path, "UVs hold NaN or infinite values")
+    lo, hi = float(uv.min()), float(uv.max())
+    _check(lo >= -_UV_TOLERANCE and hi <= 1 + _UV_TOLERANCE, path,
+           f"UVs span [{lo:.4g}, {hi:.4g}], expected [0, 1] (normalised texture coordinates, v up)")
+    extent = uv[faces_uv.reshape(-1)].max(axis=0) - uv[faces_uv.reshape(-1)].min(axis=0)
+    _check(bool((extent > 1e-6).all()), path, f"the UV layout is degenerate (extent {extent.tolist()})")
+    return np.clip(uv, 0.0, 1.0), faces_uv
+
+
+def write_bfm_uv(path: str | os.PathLike, uv: np.ndarray) -> Path:
+    """Write per-vertex UVs (V, 2) in 3DMMasSTN's ``BFM_UV.mat`` layout (key ``UV``, float64, v up)."""
+    import scipy.io
+
+    uv = np.asarray(uv, dtype=np.float64)
+    if uv.ndim != 2 or uv.shape[1] != 2:
+        raise ValueError(f"uv must be (V, 2), got {uv.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(str(path), {"UV": uv}, do_compression=False)
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------- module
 class Bfm(MorphableModel):
     """The Basel Face Model as a module: ``verts = mean + [id, exp] @ shape_basis`` (one GEMM), albedo likewise.
@@ -465,7 +642,7 @@ class Bfm(MorphableModel):
         shape_basis: (K_id + K_exp, 3V) identity then expression basis (standard-deviation units).
         mean_albedo: (3V,) and albedo_basis: (K_tex, 3V) in [0, 1] units; (0,) / (0, 3V) without a colour model.
         keypoints: (68,) long landmark vertex ids; (0,) when unknown.
-        faces (F, 3); uv (0, 2) and faces_uv (0, 3): neither file carries UVs.
+        faces (F, 3); uv (T, 2) / faces_uv (F, 3) from ``uv_path`` (empty (0, 2) / (0, 3) without one).
     Regions: ``face`` (every vertex), plus ``front`` and ``skin`` from Deep3DFaceRecon's file when present.
 
     Args:
@@ -478,7 +655,15 @@ class Bfm(MorphableModel):
             10 dm assumes).
         keypoints: 68 0-based landmark vertex ids (list, ``.npy``, ``.json`` or text file); overrides the
             ``.mat``'s ``keypoints``; the ``.h5`` has none, so without it ``landmarks68`` is None.
+        uv_path: the UV layout (3DMMasSTN's ``BFM_UV.mat``, a (V, 2) ``.npy`` or an ``.obj`` with ``vt``; see
+            :func:`read_bfm_uv`); None: ``BFM_UV.mat`` beside the model if there is one (the synthetic stand-in
+            has one), else no UVs.
+        uv_index: vertex index file(s) mapping a larger UV table onto this model (see :func:`read_bfm_uv`); None:
+            Deep3DFaceRecon's ``BFM_exp_idx.mat`` / ``BFM_front_idx.mat`` beside the model or the UV file.
     """
+
+    params_type = BfmParams
+    _synthetic_expression_start = 1  # the stand-in's component 0 opens the jaw
 
     def __init__(
         self,
@@ -488,9 +673,12 @@ class Bfm(MorphableModel):
         num_tex: int | None = None,
         recenter: bool = True,
         keypoints: str | list[int] | None = None,
+        uv_path: str | None = None,
+        uv_index: str | list[str] | None = None,
     ) -> None:
         super().__init__()
         path = _resolve_model_path(model_path)
+        self.is_synthetic = str(model_path).startswith("synthetic")
         arrays = read_bfm(path)
         n = arrays.num_verts
         self.units = arrays.units
@@ -511,7 +699,13 @@ class Bfm(MorphableModel):
             self.register_constant("albedo_basis", np.zeros((0, 3 * n)))
         kp = _read_keypoints(keypoints, n) if keypoints is not None else arrays.keypoints
         self.register_constant("keypoints", np.zeros(0) if kp is None else kp, torch.long)
-        self.register_topology(arrays.faces)
+        if uv_path is None and (path.parent / BFM_UV_NAME).is_file():
+            uv_path = path.parent / BFM_UV_NAME
+        uv = faces_uv = None
+        if uv_path is not None:
+            uv, faces_uv = read_bfm_uv(uv_path, arrays.faces, n, uv_index,
+                                       search_dirs=[path.parent, Path(uv_path).expanduser().parent])
+        self.register_topology(arrays.faces, uv, faces_uv)
         self.register_regions({"face": np.arange(n), **arrays.regions})
 
     @property
@@ -528,26 +722,46 @@ class Bfm(MorphableModel):
         """(K_exp, 3V) view of the expression rows of ``shape_basis``."""
         return self.shape_basis[self.num_id :]
 
+    @property
+    def num_identity(self) -> int:
+        return self.num_id
+
+    @property
+    def num_expression(self) -> int:
+        return self.num_exp
+
+    @property
+    def num_albedo(self) -> int:
+        return self.num_tex
+
+    def _like(self) -> Tensor:
+        return self.mean_shape
+
+    @property
+    def jaw_open_component(self) -> tuple[int, float] | None:
+        if not self.is_synthetic:
+            return None
+        from facelab.morphable.synthetic.bfm import JAW_OPEN_RAD
+
+        return 0, JAW_OPEN_RAD
+
     def forward(self, params: BfmParams) -> MeshOutput:
-        """Vertices, 68 landmarks and (with ``params.tex``) per-vertex albedo.
+        """Vertices, 68 landmarks and (with ``params.albedo``) per-vertex albedo.
 
         Args:
-            params: id (B, K_id), exp (B, K_exp), optional tex (B, K_tex).
+            params: identity (B, K_id), expression (B, K_exp), optional albedo (B, K_tex).
 
         Returns:
             MeshOutput with verts (B, V, 3) in ``self.units``, landmarks68 (B, 68, 3) (None without keypoints) and
-            albedo (B, V, 3) in [0, 1] (clamped; None without ``tex``).
+            albedo (B, V, 3) in [0, 1] (clamped; None without ``params.albedo``).
         """
-        _check_coeffs(params.id, self.num_id, "BfmParams.id")
-        _check_coeffs(params.exp, self.num_exp, "BfmParams.exp")
-        coeffs = torch.cat([params.id, params.exp], dim=1)
+        params = self.as_params(params)
+        self.check_params(params)
+        coeffs = torch.cat([params.identity, params.expression], dim=1)
         verts = torch.addmm(self.mean_shape, coeffs, self.shape_basis).view(coeffs.shape[0], -1, 3)
         albedo = None
-        if params.tex is not None:
-            if self.mean_albedo.numel() == 0:
-                raise ValueError("BfmParams.tex given but this BFM file has no colour model")
-            _check_coeffs(params.tex, self.num_tex, "BfmParams.tex")
-            albedo = torch.addmm(self.mean_albedo, params.tex, self.albedo_basis).view_as(verts).clamp(0.0, 1.0)
+        if params.albedo is not None:
+            albedo = torch.addmm(self.mean_albedo, params.albedo, self.albedo_basis).view_as(verts).clamp(0.0, 1.0)
         landmarks = verts[:, self.keypoints] if self.keypoints.numel() else None
         return MeshOutput(verts=verts, landmarks68=landmarks, albedo=albedo)
 
@@ -562,9 +776,3 @@ def _component_count(requested: int | None, available: int, arg: str, what: str,
     if not 0 <= requested <= available:
         raise AssetFormatError(f"{path}: {arg}={requested} but the file has {available} {what} components")
     return int(requested)
-
-
-def _check_coeffs(x: Tensor, k: int, name: str) -> None:
-    if x.dim() != 2 or x.shape[1] != k:
-        raise ValueError(f"{name} must be (B, {k}), got {tuple(x.shape)}")
-

@@ -13,9 +13,11 @@ converts it at load to the **residual** form ``R[:, 0] = C[:, 0]``, ``R[:, e] = 
 keeps ``w_exp[0] = 1`` and optimises only ``b``. This module does the same (``residual_core=True`` skips the
 conversion for a file that is already residual) and parameterises a face by
 
-    ``id``  (B, K): offset of the identity factors from ``id_mean`` in units of ``sqrt(id_var)`` (so 0 is the mean
-            identity and ``id ~ N(0, I)`` samples FaceScape's identity prior, as its fitter's prior term does);
-    ``exp`` (B, 51): the blendshape weights ``b`` (the neutral weight ``w_exp[0] = 1`` is implicit).
+    ``identity``   (B, K): offset of the identity factors from ``id_mean`` in units of ``sqrt(id_var)`` (so 0 is
+                   the mean identity and ``identity ~ N(0, I)`` samples FaceScape's identity prior, as its fitter's
+                   prior term does);
+    ``expression`` (B, 51): the blendshape weights ``b`` in [0, 1] (the neutral weight ``w_exp[0] = 1`` is
+                   implicit).
 
 **v1.6** ``facescape_bm_v1.6_847_50_52_id_front.npz`` (keys as read by ``facescape_bm.py``):
 
@@ -55,7 +57,7 @@ from torch import Tensor
 from facelab.errors import AssetFormatError
 from facelab.io.assets import require_file
 from facelab.io.obj import read_obj
-from facelab.morphable.base import MeshOutput, MorphableModel
+from facelab.morphable.base import MeshOutput, MorphableModel, MorphableParams
 
 #: The v1.6 file FaceScape recommends, also the main file of the synthetic stand-in.
 FACESCAPE_NPZ_NAME = "facescape_bm_v1.6_847_50_52_id_front.npz"
@@ -64,16 +66,15 @@ NUM_LANDMARKS = 68
 
 
 @dataclass
-class BilinearParams:
+class BilinearParams(MorphableParams):
     """Coefficients of a FaceScape face (see the module docstring for the units).
 
     Attributes:
-        id: (B, K_id) identity offset from ``id_mean`` in standard deviations (K_id <= the file's K, usually 50).
-        exp: (B, 51) blendshape weights (FaceScape's expression vector without its leading neutral weight 1).
+        identity: (B, K_id) identity offset from ``id_mean`` in standard deviations (K_id <= the file's K, usually
+            50).
+        expression: (B, 51) blendshape weights (FaceScape's expression vector without its leading neutral weight 1).
+        albedo: unused (FaceScape's colour model is not read); must stay None.
     """
-
-    id: Tensor
-    exp: Tensor
 
 
 @dataclass
@@ -367,6 +368,9 @@ class BilinearModel(MorphableModel):
     """
 
     units = "mm"
+    params_type = BilinearParams
+    expression_range = (0.0, 1.0)
+    _synthetic_expression_start = 1  # the stand-in's blendshape 1 (component 0) opens the jaw
 
     def __init__(
         self,
@@ -378,6 +382,7 @@ class BilinearModel(MorphableModel):
     ) -> None:
         super().__init__()
         path = _resolve_model_path(model_path)
+        self.is_synthetic = str(model_path).startswith("synthetic")
         if path.suffix.lower() == ".npy":
             if topology is None:
                 raise AssetFormatError(f"{path}: a bare FaceScape core needs 'topology' (an OBJ of its mesh)")
@@ -404,14 +409,33 @@ class BilinearModel(MorphableModel):
 
     @property
     def num_exp(self) -> int:
-        """Number of blendshape weights in :class:`BilinearParams` ``exp`` (51)."""
+        """Number of blendshape weights in :class:`BilinearParams` ``expression`` (51)."""
         return NUM_EXPRESSIONS - 1
 
-    def identity_factors(self, id: Tensor) -> Tensor:
-        """(B, K) FaceScape identity factors ``w_id`` of coefficients ``id`` (B, K_id) (inverse of
+    @property
+    def num_identity(self) -> int:
+        return self.num_id
+
+    @property
+    def num_expression(self) -> int:
+        return self.num_exp
+
+    def _like(self) -> Tensor:
+        return self.core
+
+    @property
+    def jaw_open_component(self) -> tuple[int, float] | None:
+        if not self.is_synthetic:
+            return None
+        from facelab.morphable.synthetic.bilinear import JAW_OPEN_RAD
+
+        return 0, JAW_OPEN_RAD
+
+    def identity_factors(self, identity: Tensor) -> Tensor:
+        """(B, K) FaceScape identity factors ``w_id`` of coefficients ``identity`` (B, K_id) (inverse of
         :meth:`coefficients_from_factors`)."""
-        pad = self.id_mean.shape[0] - id.shape[1]
-        return self.id_mean + torch.nn.functional.pad(id, (0, pad)) * self.id_std
+        pad = self.id_mean.shape[0] - identity.shape[1]
+        return self.id_mean + torch.nn.functional.pad(identity, (0, pad)) * self.id_std
 
     def coefficients_from_factors(self, id_factors: Tensor, exp_vector: Tensor) -> BilinearParams:
         """BilinearParams from FaceScape's own vectors (e.g. its fitter's output).
@@ -423,25 +447,25 @@ class BilinearModel(MorphableModel):
         if not torch.allclose(exp_vector[:, 0], torch.ones_like(exp_vector[:, 0])):
             raise ValueError("FaceScape expression vectors start with the neutral weight 1; got other values")
         offset = (id_factors - self.id_mean) / self.id_std.clamp_min(torch.finfo(self.id_std.dtype).tiny)
-        return BilinearParams(id=offset[:, : self.num_id], exp=exp_vector[:, 1:])
+        return BilinearParams(identity=offset[:, : self.num_id], expression=exp_vector[:, 1:])
 
     def forward(self, params: BilinearParams) -> MeshOutput:
         """Vertices and 68 landmarks of a batch of faces.
 
         Args:
-            params: id (B, K_id), exp (B, 51).
+            params: identity (B, K_id), expression (B, 51).
 
         Returns:
             MeshOutput with verts (B, V, 3) in millimetres and landmarks68 (B, 68, 3) (None if the file has none).
         """
-        b = params.id.shape[0]
-        if params.id.dim() != 2 or params.id.shape[1] != self.num_id:
-            raise ValueError(f"BilinearParams.id must be (B, {self.num_id}), got {tuple(params.id.shape)}")
-        if params.exp.shape != (b, self.num_exp):
-            raise ValueError(f"BilinearParams.exp must be (B, {self.num_exp}) = ({b}, {self.num_exp}) blendshape "
-                             f"weights (FaceScape's neutral weight 1 is implicit), got {tuple(params.exp.shape)}")
-        w_id = self.identity_factors(params.id)
-        w_exp = torch.cat([params.exp.new_ones(b, 1), params.exp], dim=1)
+        params = self.as_params(params)
+        if params.expression.dim() == 2 and params.expression.shape[1] == NUM_EXPRESSIONS:
+            raise ValueError(f"BilinearParams.expression must be (B, {self.num_exp}) blendshape weights (FaceScape's "
+                             f"neutral weight 1 is implicit), got {tuple(params.expression.shape)}")
+        self.check_params(params)
+        b = params.batch_size
+        w_id = self.identity_factors(params.identity)
+        w_exp = torch.cat([params.expression.new_ones(b, 1), params.expression], dim=1)
         kron = (w_exp[:, :, None] * w_id[:, None, :]).reshape(b, -1)
         verts = (kron @ self.core).view(b, -1, 3)
         landmarks = verts[:, self.landmark_ids] if self.landmark_ids.numel() else None

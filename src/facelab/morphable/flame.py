@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from facelab.errors import AssetFormatError
-from facelab.morphable.base import MeshOutput, MorphableModel, barycentric_points
+from facelab.morphable.base import MeshOutput, MorphableModel, MorphableParams, barycentric_points
 from facelab.morphable.flame_assets import (
     NUM_SHAPE_TOTAL,
     FlameArrays,
@@ -26,33 +26,32 @@ from facelab.morphable.lbs import lbs
 FLAME_JOINTS = ("global", "neck", "jaw", "left_eye", "right_eye")
 
 
+#: FLAME's optional parameter fields and their widths.
+FLAME_POSE_FIELDS = {"global_pose": 3, "neck_pose": 3, "jaw_pose": 3, "eye_pose": 6, "eyelids": 2}
+
+
 @dataclass
-class FlameParams:
-    """FLAME parameters. Only ``shape`` and ``expression`` are required; absent poses and eyelids are zero.
+class FlameParams(MorphableParams):
+    """FLAME parameters. Only ``identity`` and ``expression`` are required; absent poses and eyelids are zero.
 
     Attributes:
-        shape: (B, n_shape) identity coefficients.
+        identity: (B, n_shape) identity ("shape") coefficients.
         expression: (B, n_expression) expression coefficients.
+        albedo: unused (FLAME has no colour basis here); must stay None.
         global_pose: (B, 3) axis-angle head rotation about the root joint.
         neck_pose: (B, 3). jaw_pose: (B, 3). eye_pose: (B, 6) left then right eye axis-angle.
         eyelids: (B, 2) left and right eyelid closure (0 open, 1 closed), added after skinning.
     """
 
-    shape: Tensor
-    expression: Tensor
     global_pose: Tensor | None = None
     neck_pose: Tensor | None = None
     jaw_pose: Tensor | None = None
     eye_pose: Tensor | None = None
     eyelids: Tensor | None = None
 
-    @property
-    def batch_size(self) -> int:
-        return self.shape.shape[0]
-
     def full_pose(self) -> Tensor:
         """(B, 5, 3) axis-angle of every joint, zeros where a pose is absent."""
-        b, like = self.batch_size, self.shape
+        b, like = self.batch_size, self.identity
         parts = [self.global_pose, self.neck_pose, self.jaw_pose, self.eye_pose]
         sizes = [3, 3, 3, 6]
         pose = [p if p is not None else like.new_zeros(b, n) for p, n in zip(parts, sizes)]
@@ -94,6 +93,8 @@ class Flame(MorphableModel):
     """
 
     units = "m"
+    params_type = FlameParams
+    has_skeleton = True
 
     def __init__(
         self,
@@ -114,6 +115,7 @@ class Flame(MorphableModel):
         arrays = read_flame_folder(p["model"], p["landmarks"], p["mediapipe"], p["masks"], p["l_eyelid"],
                                    p["r_eyelid"], p["template"])
         self._build(arrays, n_shape, n_expression)
+        self.is_synthetic = str(model_path).startswith("synthetic")
 
     @classmethod
     def from_arrays(cls, arrays: FlameArrays, n_shape: int = 300, n_expression: int = 100) -> Flame:
@@ -160,6 +162,37 @@ class Flame(MorphableModel):
     def num_verts(self) -> int:
         return int(self.v_template.shape[0])
 
+    @property
+    def num_identity(self) -> int:
+        return self.n_shape
+
+    @property
+    def num_expression(self) -> int:
+        return self.n_expression
+
+    @property
+    def pose_fields(self) -> tuple[str, ...]:
+        return tuple(k for k in FLAME_POSE_FIELDS if k != "eyelids" or self.has_eyelids)
+
+    def _pose_widths(self) -> dict[str, int]:
+        return {k: FLAME_POSE_FIELDS[k] for k in self.pose_fields}
+
+    def _like(self) -> Tensor:
+        return self.v_template
+
+    @property
+    def mediapipe_embedding(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        return (self.mp_indices, self.mp_faces, self.mp_bary) if self.has_mediapipe else None
+
+    def forward_posed(self, params: FlameParams, head_pose: Tensor | None = None) -> MeshOutput:
+        """FLAME with the head rotation as its root joint's pose (``global_pose``; see
+        :meth:`MorphableModel.forward_posed`)."""
+        if head_pose is None:
+            return self(params)
+        if params.global_pose is not None:
+            raise ValueError("give the head rotation either as FlameParams.global_pose or as head_pose, not both")
+        return self(replace(params, global_pose=head_pose))
+
     def forward(self, params: FlameParams) -> MeshOutput:
         """Posed FLAME meshes and their landmarks.
 
@@ -167,8 +200,9 @@ class Flame(MorphableModel):
             MeshOutput with verts (B, V, 3), landmarks68 (B, 68, 3), landmarks_mp (B, 105, 3) when the mediapipe
             embedding is loaded, joints (B, 5, 3).
         """
-        self._check(params)
-        betas = torch.cat([params.shape, params.expression], dim=1)
+        params = self.as_params(params)
+        self.check_params(params)
+        betas = torch.cat([params.identity, params.expression], dim=1)
         pose = params.full_pose()
         verts, joints, rot_mats = lbs(betas, pose, self.v_template, self.dirs, self.joint_template, self.joint_dirs,
                                       self.lbs_weights, self.parents)
@@ -200,18 +234,3 @@ class Flame(MorphableModel):
         yaw = torch.atan2(-rel[:, 2, 0], torch.hypot(rel[:, 0, 0], rel[:, 1, 0]))
         deg = torch.round(torch.nan_to_num(yaw) * (180.0 / math.pi)).clamp(-39, 39).long()  # NaN pose: row 0
         return torch.where(deg < 0, 39 - deg, deg)
-
-    def _check(self, p: FlameParams) -> None:
-        b = p.batch_size
-        for name, t, n in (("shape", p.shape, self.n_shape), ("expression", p.expression, self.n_expression)):
-            if t.dim() != 2 or t.shape != (b, n):
-                raise ValueError(f"FlameParams.{name} must be (B, {n}) for this model, got {tuple(t.shape)}")
-        for name, n in (("global_pose", 3), ("neck_pose", 3), ("jaw_pose", 3), ("eye_pose", 6), ("eyelids", 2)):
-            t = getattr(p, name)
-            if t is not None and t.shape != (b, n):
-                raise ValueError(f"FlameParams.{name} must be (B, {n}), got {tuple(t.shape)}")
-
-    def zero_params(self, batch_size: int = 1) -> FlameParams:
-        """All-zero parameters (the template) on this model's device and dtype."""
-        z = self.v_template.new_zeros
-        return FlameParams(shape=z(batch_size, self.n_shape), expression=z(batch_size, self.n_expression))

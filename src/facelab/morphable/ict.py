@@ -44,7 +44,7 @@ from torch import Tensor
 from facelab.errors import AssetFormatError, MissingAssetError
 from facelab.io.assets import cache_dir, require_file
 from facelab.io.obj import read_obj, read_obj_vertices
-from facelab.morphable.base import MeshOutput, MorphableModel
+from facelab.morphable.base import MeshOutput, MorphableModel, MorphableParams
 
 NEUTRAL_NAME = "generic_neutral_mesh.obj"
 CONFIG_NAME = "vertex_indices.json"
@@ -77,16 +77,14 @@ FACE_HEAD_END = 11248
 
 
 @dataclass
-class IctParams:
+class IctParams(MorphableParams):
     """ICT-FaceKit coefficients.
 
     Attributes:
         identity: (B, K_id) identity weights (N(0, 1) prior), K_id <= the identity OBJs loaded (100 in the full model).
         expression: (B, E) expression weights in [0, 1], ordered as the model's ``expression_names``.
+        albedo: unused (ICT-FaceKit has no colour basis); must stay None.
     """
-
-    identity: Tensor
-    expression: Tensor
 
 
 @dataclass
@@ -257,6 +255,8 @@ class IctFaceModel(MorphableModel):
     """
 
     units = "cm"
+    params_type = IctParams
+    expression_range = (0.0, 1.0)
 
     def __init__(
         self,
@@ -333,6 +333,17 @@ class IctFaceModel(MorphableModel):
         return len(self.expression_names)
 
     @property
+    def num_identity(self) -> int:
+        return self.num_identities
+
+    @property
+    def num_expression(self) -> int:
+        return self.num_expressions
+
+    def _like(self) -> Tensor:
+        return self.v_template
+
+    @property
     def identity_basis(self) -> Tensor:
         """(K_id, 3V) view of the identity rows of ``shape_basis``."""
         return self.shape_basis[: self.num_identities]
@@ -358,10 +369,8 @@ class IctFaceModel(MorphableModel):
         Returns:
             MeshOutput with verts (B, V, 3) in centimetres and landmarks68 (B, 68, 3).
         """
-        for name, x, k in (("identity", params.identity, self.num_identities),
-                           ("expression", params.expression, self.num_expressions)):
-            if x.dim() != 2 or x.shape[1] != k:
-                raise ValueError(f"IctParams.{name} must be (B, {k}), got {tuple(x.shape)}")
+        params = self.as_params(params)
+        self.check_params(params)
         coeffs = torch.cat([params.identity, params.expression], dim=1)
         verts = torch.addmm(self.v_template, coeffs, self.shape_basis).view(coeffs.shape[0], -1, 3)
         return MeshOutput(verts=verts, landmarks68=verts[:, self.landmark_ids])
