@@ -268,7 +268,7 @@ def test_synthetic_asset_dir_caches(tmp_path, monkeypatch):
     first = synthetic.synthetic_asset_dir("flame", size="tiny", seed=0)
     second = synthetic.synthetic_asset_dir("flame", size="tiny", seed=0)
     assert first == second and len(calls) == 1
-    assert first.parent == tmp_path / "synthetic" and f"v{synthetic.GENERATOR_VERSION}" in first.name
+    assert first.parent == tmp_path / "synthetic" and f"v{synthetic.GENERATOR_VERSIONS['flame']}" in first.name
     assert (first / FLAME_FILES["model"]).is_file()
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary folder left behind
 

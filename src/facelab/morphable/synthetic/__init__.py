@@ -18,8 +18,9 @@ from pathlib import Path
 
 from facelab.io.assets import cache_dir
 
-#: Bumped whenever the generated files change, so caches of older generators are not reused.
-GENERATOR_VERSION = 1
+#: Bumped whenever a family's generated files change, so caches of older generators are not reused
+#: (bfm 2: the stand-in ships 3DMMasSTN's BFM_UV.mat).
+GENERATOR_VERSIONS = {"flame": 1, "bfm": 2, "bilinear": 1}
 #: The model families a stand-in exists for.
 FAMILIES = ("flame", "bfm", "bilinear")
 #: ``full``: realistic sizes (FLAME-like ~5k vertices); ``tiny``: ~130 vertices for unit tests.
@@ -61,12 +62,13 @@ def generate_synthetic(family: str, out_dir: str | os.PathLike, seed: int = 0, s
 def synthetic_asset_dir(family: str, size: str = "full", seed: int = 0) -> Path:
     """The cached folder of a generated stand-in, generating it on first use.
 
-    The folder is ``cache_dir() / "synthetic" / "{family}-{size}-seed{seed}-v{GENERATOR_VERSION}"``. It is written
-    into a temporary folder beside it and renamed into place in one step, so a folder that exists is complete;
-    when several processes generate at once, the first rename wins and the others keep the winner's files.
+    The folder is ``cache_dir() / "synthetic" / "{family}-{size}-seed{seed}-v{version}"`` (version from
+    :data:`GENERATOR_VERSIONS`). It is written into a temporary folder beside it and renamed into place in one
+    step, so a folder that exists is complete; when several processes generate at once, the first rename wins and
+    the others keep the winner's files.
     """
     _check(family, size)
-    final = cache_dir() / "synthetic" / f"{family}-{size}-seed{seed}-v{GENERATOR_VERSION}"
+    final = cache_dir() / "synthetic" / f"{family}-{size}-seed{seed}-v{GENERATOR_VERSIONS[family]}"
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -84,4 +86,4 @@ def synthetic_asset_dir(family: str, size: str = "full", seed: int = 0) -> Path:
     return final
 
 
-__all__ = ["FAMILIES", "GENERATOR_VERSION", "SIZES", "generate_synthetic", "synthetic_asset_dir"]
+__all__ = ["FAMILIES", "GENERATOR_VERSIONS", "SIZES", "generate_synthetic", "synthetic_asset_dir"]

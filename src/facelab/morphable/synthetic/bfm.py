@@ -10,7 +10,12 @@ What makes it BFM-like:
 - **80 identity components** (the head's identity basis), **64 expression components** (a jaw-opening mode first,
   since BFM has no jaw joint, then the head's localized expression basis), **80 albedo components** around a
   smooth procedural skin albedo (0..255), ``keypoints`` = the mesh vertices nearest to the head's 68 iBUG landmarks,
-  and the ``skinmask`` / ``frontmask2_idx`` / ``tri_mask2`` extras.
+  and the ``skinmask`` / ``frontmask2_idx`` / ``tri_mask2`` extras;
+- **UVs** as 3DMMasSTN ships them for BFM: a ``BFM_UV.mat`` beside the model (key ``UV``, one row per vertex, v
+  up). The layout is the procedural head's own (seam-free over the face: its cylindrical grid parametrisation,
+  the one the FLAME and FaceScape stand-ins use), carried through the crop and through the subdivision by
+  midpoint interpolation (each UV triangle splits into four similar ones, so no triangle flips or overlaps), then
+  scaled uniformly into the unit square.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 import scipy.sparse
 import scipy.spatial
 
-from facelab.morphable.bfm import BFM_MAT_NAME, write_bfm_mat
+from facelab.morphable.bfm import BFM_MAT_NAME, BFM_UV_NAME, write_bfm_mat, write_bfm_uv
 from facelab.morphable.synthetic.head import HeadGeometry, build_head
 
 NUM_ID, NUM_EXP, NUM_TEX = 80, 64, 80
@@ -30,10 +35,11 @@ M_TO_DM = 10.0
 #: Smallest vertex count each size subdivides to (and the largest the full size may reach).
 _MIN_VERTS = {"full": 20000, "tiny": 50}
 JAW_OPEN_RAD = 0.12  # jaw rotation of one standard deviation of the jaw-opening mode
+_UV_MARGIN = 0.02  # border left around the UV layout in the unit square
 
 
 def write_synthetic_bfm(out_dir: str | os.PathLike, seed: int = 0, size: str = "full") -> Path:
-    """Write ``BFM_model_front.mat`` of the procedural head into ``out_dir``.
+    """Write ``BFM_model_front.mat`` of the procedural head, and its ``BFM_UV.mat``, into ``out_dir``.
 
     Args:
         out_dir: destination folder (created if needed).
@@ -47,11 +53,12 @@ def write_synthetic_bfm(out_dir: str | os.PathLike, seed: int = 0, size: str = "
         raise ValueError(f"unknown size {size!r}; choose 'full' or 'tiny'")
     head = build_head(size, seed, n_identity=NUM_ID, n_expression=NUM_EXP - 1)
     fields = _head_fields(head)
-    verts, faces, fields = _face_patch(head, fields, crop=size == "full")
+    verts, faces, fields, uv = _face_patch(head, fields, crop=size == "full")
     while len(verts) < _MIN_VERTS[size]:
-        sub, faces = loop_subdivision(faces, len(verts))
-        verts = sub @ verts
-        fields = sub @ fields
+        sub, new_faces = loop_subdivision(faces, len(verts))
+        uv = loop_subdivision(faces, len(verts), smooth=False)[0] @ uv
+        verts, fields, faces = sub @ verts, sub @ fields, new_faces
+    write_bfm_uv(Path(out_dir) / BFM_UV_NAME, _fit_unit_square(uv, _UV_MARGIN))
     n = len(verts)
     id_base = fields[:, : 3 * NUM_ID].reshape(n, NUM_ID, 3).transpose(0, 2, 1)
     exp_base = fields[:, 3 * NUM_ID :].reshape(n, NUM_EXP, 3).transpose(0, 2, 1)
@@ -113,7 +120,12 @@ def jaw_open_mode(head: HeadGeometry, angle: float, smoothing: int = 8) -> np.nd
 
 
 def _face_patch(head: HeadGeometry, fields: np.ndarray, crop: bool):
-    """The head's face region (cropped like BFM's front model when ``crop``), as a compact mesh."""
+    """The head's face region (cropped like BFM's front model when ``crop``), as a compact mesh.
+
+    Returns:
+        verts (N, 3), faces (F, 3), fields (N, C) and the head's UVs per vertex (N, 2) (the face region has no UV
+        seam: every vertex has one UV).
+    """
     v = head.verts
     keep = np.zeros(len(v), dtype=bool)
     keep[head.regions["face"]] = True
@@ -123,26 +135,40 @@ def _face_patch(head: HeadGeometry, fields: np.ndarray, crop: bool):
         contour_x, contour_z = np.abs(lm[[0, 16], 0]).mean(), lm[[0, 16], 2].mean()
         keep &= v[:, 1] < brow_top + 0.026
         keep &= (np.abs(v[:, 0]) < 0.9 * contour_x) | (v[:, 2] > contour_z - 0.004)
-    faces = head.faces[keep[head.faces].all(axis=1)]
+    inside = keep[head.faces].all(axis=1)
+    faces, faces_uv = head.faces[inside], head.faces_uv[inside]
     used = np.unique(faces)
     new_id = np.full(len(v), -1, dtype=np.int64)
     new_id[used] = np.arange(len(used))
-    return v[used], new_id[faces], fields[used]
+    uv = np.zeros((len(v), 2))
+    uv[faces.reshape(-1)] = head.uv[faces_uv.reshape(-1)]
+    if not np.allclose(uv[faces.reshape(-1)], head.uv[faces_uv.reshape(-1)]):
+        raise RuntimeError("the head's face region has a UV seam; the BFM stand-in needs one UV per vertex")
+    return v[used], new_id[faces], fields[used], uv[used]
 
 
-def loop_subdivision(faces: np.ndarray, num_verts: int) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+def _fit_unit_square(uv: np.ndarray, margin: float) -> np.ndarray:
+    """(N, 2) UVs scaled uniformly (aspect kept) and centred into [margin, 1 - margin]^2."""
+    lo, hi = uv.min(axis=0), uv.max(axis=0)
+    scale = (1.0 - 2.0 * margin) / (hi - lo).max()
+    return 0.5 + (uv - 0.5 * (lo + hi)) * scale
+
+
+def loop_subdivision(faces: np.ndarray, num_verts: int, smooth: bool = True
+                     ) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
     """One step of Loop subdivision (Loop 1987) as a linear operator, with the boundary rules of Hoppe et al. 1994.
 
     Args:
         faces: (F, 3) triangles, 0-based.
         num_verts: V.
+        smooth: False gives the same topology with linear (midpoint) weights instead: old vertices kept, each edge
+            vertex the mean of its endpoints (for quantities that must not be smoothed, such as UVs).
 
     Returns:
         ``S`` (V + E, V) sparse with ``new_values = S @ values`` for any per-vertex quantity (old vertices first,
         then one vertex per edge), and the (4F, 3) new triangles (winding kept).
     """
     faces = np.asarray(faces, dtype=np.int64)
-    n_faces = len(faces)
     half = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])  # (3F, 2) edge k of face f
     opposite = np.concatenate([faces[:, 2], faces[:, 0], faces[:, 1]])
     key = np.sort(half, axis=1)
@@ -157,9 +183,13 @@ def loop_subdivision(faces: np.ndarray, num_verts: int) -> tuple[scipy.sparse.cs
     def add(r, c, w):
         rows.append(np.asarray(r)), cols.append(np.asarray(c)), vals.append(np.broadcast_to(w, np.shape(r)))
 
-    # edge points: 3/8 of each endpoint + 1/8 of each opposite vertex; 1/2 + 1/2 on the boundary
+    # edge points: 3/8 of each endpoint + 1/8 of each opposite vertex; 1/2 + 1/2 on the boundary (and unsmoothed)
     e_rows = num_verts + np.arange(n_edges)
-    add(np.repeat(e_rows, 2), edges.reshape(-1), np.repeat(np.where(boundary, 0.5, 0.375), 2))
+    linear = np.ones(n_edges, dtype=bool) if not smooth else boundary
+    add(np.repeat(e_rows, 2), edges.reshape(-1), np.repeat(np.where(linear, 0.5, 0.375), 2))
+    if not smooth:
+        add(np.arange(num_verts), np.arange(num_verts), 1.0)
+        return _assemble(rows, cols, vals, faces, edge_of, num_verts, n_edges)
     interior_half = ~boundary[edge_of]
     add(num_verts + edge_of[interior_half], opposite[interior_half], 0.125)
 
@@ -177,7 +207,12 @@ def loop_subdivision(faces: np.ndarray, num_verts: int) -> tuple[scipy.sparse.cs
     add(nbr[bnd, 0], nbr[bnd, 1], 0.125)
     self_w = np.where(on_boundary, np.where(regular_boundary, 0.75, 1.0), 1 - valence * beta)
     add(np.arange(num_verts), np.arange(num_verts), self_w)
+    return _assemble(rows, cols, vals, faces, edge_of, num_verts, n_edges)
 
+
+def _assemble(rows, cols, vals, faces, edge_of, num_verts, n_edges) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+    """The sparse subdivision operator from its (row, col, weight) lists, and the 1-to-4 split of ``faces``."""
+    n_faces = len(faces)
     sub = scipy.sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                                   shape=(num_verts + n_edges, num_verts))
     mid = (num_verts + edge_of).reshape(3, n_faces).T  # midpoints of edges (0-1, 1-2, 2-0) per face
