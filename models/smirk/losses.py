@@ -4,18 +4,19 @@ Recipe: ``shared/docs/smirk_reference.md`` ("Losses and weights", "Augmented exp
 §1.3 (structural identity loss), §1.6 (weights, landmarks: mediapipe interior + FAN contour, MICA shape teacher),
 §3.4 (emotion loss). Shapes: ``B`` batch, ``L`` landmarks, ``E`` expression components, ``H, W`` image size.
 
-Frozen feature networks (:class:`VGGPerceptualLoss`, :class:`EmotionFeatureLoss`, :class:`MicaShapeTeacher`) load
-local weights only; they stay in eval mode with ``requires_grad=False`` parameters (so optimizers built from
-``module.parameters()`` with a ``requires_grad`` filter skip them) and pass gradients to their *inputs*.
+The generic terms live in :mod:`facelab.losses` (landmark, photometric, VGG perceptual, the frozen-network base);
+this module keeps SMIRK's conventions around them and its own terms (cycle, structural identity, emotion, MICA
+teacher). Frozen feature networks (:class:`VGGPerceptualLoss`, :class:`EmotionFeatureLoss`,
+:class:`MicaShapeTeacher`) load local weights only; they stay in eval mode with ``requires_grad=False`` parameters
+and pass gradients to their *inputs* (:class:`facelab.losses.FrozenNetwork`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +27,17 @@ from torch.func import functional_call
 from facelab.errors import AssetFormatError
 from facelab.io.assets import require_file
 from facelab.io.weights import load_state_dict_strict, read_state_dict
+from facelab.log import get_logger
+from facelab.losses import (
+    FrozenNetwork,
+    PerceptualLoss,
+    photometric_loss,
+    require_weights_or_random,
+)
+from facelab.losses import landmark_loss as _landmark_loss
 from smirk.networks import SmirkEncoding
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "CycleLoss",
     "EmotionFeatureLoss",
     "MicaShapeTeacher",
@@ -44,12 +51,12 @@ __all__ = [
     "structural_identity_loss",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Index of each tapped ReLU in ``torchvision.models.vgg16().features``.
-VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
+#: SMIRK's perceptual term (reference "Losses"): the core VGG perceptual loss with its defaults, L1 between VGG16
+#: relu1_2, relu2_2, relu3_3 and relu4_3 features of ImageNet-normalised [0, 1] images (the public SMIRK code
+#: mis-scales them), the target's features without gradient.
+VGGPerceptualLoss = PerceptualLoss
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -71,12 +78,7 @@ def landmark_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> 
     Returns:
         Scalar; 0 (still attached to ``pred``) when nothing is valid.
     """
-    diff = (pred[..., :2] - target[..., :2].to(pred)) ** 2  # (B, L, 2)
-    if valid is None:
-        return diff.mean()
-    weight = valid.to(pred.dtype)
-    weight = weight[:, None].expand(diff.shape[:2]) if weight.dim() == 1 else weight
-    return (diff * weight[..., None]).sum() / (2 * weight.sum()).clamp(min=1.0)
+    return _landmark_loss(pred[..., :2], target[..., :2], visibility=valid, norm="l2")
 
 
 def fan_contour_landmark_loss(pred68: Tensor, target68: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -107,7 +109,7 @@ def jaw_regularization(jaw_pose: Tensor, reference: Tensor | None = None) -> Ten
 
 def reconstruction_loss(generated: Tensor, image: Tensor) -> Tensor:
     """Photometric L1, ``mean |generated - image|`` over all pixels and channels. (B, 3, H, W) each."""
-    return F.l1_loss(generated, image)
+    return photometric_loss(generated, image, norm="l1")
 
 
 def cycle_loss(pred: SmirkEncoding, target: SmirkEncoding, expression_weight: float = 1.0, jaw_weight: float = 10.0,
@@ -183,115 +185,7 @@ def structural_identity_loss(shape_encoder: nn.Module, generated: Tensor, image:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _FrozenNetwork(nn.Module):
-    """Base of the frozen feature networks: eval mode forever, parameters without gradients."""
-
-    def freeze(self) -> None:
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> _FrozenNetwork:
-        self.training = False
-        for child in self.children():
-            try:
-                child.train(False)
-            except NotImplementedError:  # a torch.export module: its mode was fixed when it was exported
-                pass
-        return self
-
-
-def _check_random(weights_path: str | None, allow_random: bool, what: str, config_key: str) -> None:
-    if weights_path is None and not allow_random:
-        raise ValueError(f"{what}: {config_key} is None; give the local weights file (nothing is downloaded), or "
-                         "allow_random=True for tests (random features make the loss meaningless)")
-    if weights_path is None:
-        log.warning("%s uses RANDOM weights (allow_random=True): only for tests", what)
-
-
-#: torchvision's VGG16 ("D") convolution widths, "M" = 2x2 max-pool.
-_VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
-
-
-def vgg16_features(last_index: int) -> nn.Sequential:
-    """``torchvision.models.vgg16().features[: last_index + 1]`` with the same layer indices (so torchvision's
-    ``features.<i>.*`` keys load), built without the 120 M-parameter classifier and with non-inplace ReLUs (tapped
-    activations must not be overwritten)."""
-    layers: list[nn.Module] = []
-    channels = 3
-    for item in _VGG16_CONFIG:
-        if item == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(channels, item, 3, padding=1), nn.ReLU(inplace=False)]
-            channels = item
-    return nn.Sequential(*layers[: last_index + 1])
-
-
-class VGGPerceptualLoss(_FrozenNetwork):
-    """L1 between VGG16 features (relu1_2, relu2_2, relu3_3, relu4_3) of two images (reference "Losses").
-
-    Inputs are [0, 1] images, ImageNet-normalized inside (the public SMIRK code mis-scales them). The target's
-    features carry no gradient.
-
-    Args:
-        weights_path: torchvision's ``vgg16`` state dict (``vgg16-397923af.pth``; only ``features.*`` up to
-            relu4_3 is used, the classifier keys are ignored).
-        allow_random: permit ``weights_path=None`` (random weights; tests only).
-        layers: tapped layers, a subset of :data:`VGG16_LAYERS`.
-        layer_weights: weight of each entry of ``layers`` (default 1 each).
-    """
-
-    mean: Tensor
-    std: Tensor
-
-    def __init__(self, weights_path: str | None = None, allow_random: bool = False,
-                 layers: Sequence[str] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
-                 layer_weights: Sequence[float] | None = None) -> None:
-        super().__init__()
-        _check_random(weights_path, allow_random, "VGGPerceptualLoss", "weights_path")
-        unknown = sorted(set(layers) - set(VGG16_LAYERS))
-        if unknown:
-            raise ValueError(f"unknown VGG16 layers {unknown}; choose from {list(VGG16_LAYERS)}")
-        weights = list(layer_weights) if layer_weights is not None else [1.0] * len(layers)
-        if len(weights) != len(layers):
-            raise ValueError(f"{len(weights)} layer weights for {len(layers)} layers")
-        tapped = sorted(zip((VGG16_LAYERS[name] for name in layers), weights))  # network order
-        self.taps = [index for index, _ in tapped]
-        self.layer_weights = [weight for _, weight in tapped]
-        state = None
-        if weights_path is not None:  # read first: a missing file fails before any network is built
-            state = read_state_dict(weights_path, what="VGG16 weights (torchvision state dict)",
-                                    config_key="weights_path")
-        features = vgg16_features(self.taps[-1])
-        if state is not None:
-            prefix = "features."
-            sub = {k[len(prefix):]: v for k, v in state.items()
-                   if k.startswith(prefix) and int(k[len(prefix):].split(".")[0]) <= self.taps[-1]}
-            load_state_dict_strict(features, sub, str(weights_path))
-        self.features = features
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.freeze()
-
-    def feature_maps(self, image: Tensor) -> list[Tensor]:
-        """(B, 3, H, W) in [0, 1] -> the tapped activations."""
-        x = (image - self.mean) / self.std
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
-
-    def forward(self, generated: Tensor, target: Tensor) -> Tensor:
-        """``sum_l w_l mean |phi_l(generated) - phi_l(target)|``. Both (B, 3, H, W) in [0, 1]."""
-        with torch.no_grad():
-            target_feats = self.feature_maps(target)
-        gen_feats = self.feature_maps(generated)
-        return sum(w * F.l1_loss(g, t) for w, g, t in zip(self.layer_weights, gen_feats, target_feats))
-
-
-class EmotionFeatureLoss(_FrozenNetwork):
+class EmotionFeatureLoss(FrozenNetwork):
     """L2 between emotion-recognition features of the generated and the input image (supplementary §3.4; EMOCA).
 
     The feature network is a ResNet-50 (torchvision layout, no ``fc``): the 2048-d globally pooled features, as
@@ -315,7 +209,8 @@ class EmotionFeatureLoss(_FrozenNetwork):
                  input_mean: tuple[float, float, float] | None = None,
                  input_std: tuple[float, float, float] | None = None, input_size: int | None = None) -> None:
         super().__init__()
-        _check_random(weights_path, allow_random, "EmotionFeatureLoss", "weights_path")
+        require_weights_or_random(weights_path, allow_random, "the emotion-recognition ResNet-50 (EmotionFeatureLoss)",
+                                  "weights_path", logger=__name__)
         state = None
         if weights_path is not None:  # read first: a missing file fails before any network is built
             state = read_state_dict(weights_path, what="emotion-recognition ResNet-50 weights",
@@ -344,7 +239,7 @@ class EmotionFeatureLoss(_FrozenNetwork):
         return (self.features(generated) - target_feats).pow(2).mean()
 
 
-class MicaShapeTeacher(_FrozenNetwork):
+class MicaShapeTeacher(FrozenNetwork):
     """Optional MICA shape teacher for pretraining: ``MSE(shape, MICA(image))`` (supplementary §1.6).
 
     MICA (Zielonka et al. 2022) is not reimplemented here. Give either an export mapping the MICA-preprocessed
