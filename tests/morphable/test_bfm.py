@@ -140,7 +140,7 @@ def test_h5_round_trip(tmp_path):
     assert Bfm(str(path))(BfmParams(torch.zeros(1, k_id), torch.zeros(1, k_exp))).landmarks68 is None
 
 
-def test_zero_coefficients_give_the_mean(model, mat_path):
+def test_zero_coefficients_give_the_mean(model, mat_path, tmp_path):
     mat = scipy.io.loadmat(str(mat_path))
     out = model(_params(model, b=2))
     n = model.num_verts
@@ -148,8 +148,11 @@ def test_zero_coefficients_give_the_mean(model, mat_path):
     np.testing.assert_allclose(out.verts[1].numpy(), mat["meanshape"].reshape(n, 3), rtol=1e-6)
     np.testing.assert_allclose(out.albedo[0].numpy(), mat["meantex"].reshape(n, 3) / 255, rtol=1e-6)
     torch.testing.assert_close(out.landmarks68, out.verts[:, mat["keypoints"].reshape(-1) - 1])
-    assert model.units == "dm" and model.uv.shape == (0, 2) and model.faces_uv.shape == (0, 3)
+    assert model.units == "dm" and model.has_uv  # the stand-in's BFM_UV.mat beside the model
+    assert model.uv.shape == (n, 2) and torch.equal(model.faces_uv, model.faces)
     assert model(_params(model, tex=False)).albedo is None
+    bare = Bfm(str(write_bfm_mat(tmp_path / "m.mat", **_random_model())))  # no BFM_UV.mat beside it
+    assert not bare.has_uv and bare.uv.shape == (0, 2) and bare.faces_uv.shape == (0, 3)
     assert model.state_dict() == {}  # asset data stays out of checkpoints
     centred = Bfm(str(mat_path))(_params(model)).verts[0]
     torch.testing.assert_close(centred.mean(0), torch.zeros(3), atol=1e-6, rtol=0)
