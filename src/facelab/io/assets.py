@@ -10,7 +10,8 @@ from facelab.errors import MissingAssetError
 #: Where users obtain each licensed asset family (shown in "missing asset" errors).
 ASSET_SOURCES: dict[str, str] = {
     "flame": "FLAME 2020 from https://flame.is.tue.mpg.de (registration required); the companion files "
-    "(landmark_embedding.npy, FLAME_masks.pkl, head_template.obj, mediapipe embedding, eyelids) ship with DECA/SMIRK",
+    "(landmark_embedding.npy, FLAME_masks.pkl, head_template.obj, mediapipe embedding, eyelids) ship with DECA and "
+    "the FLAME-based method releases named in the README's asset table",
     "bfm": "BFM 2009 from https://faces.dmi.unibas.ch/bfm/ converted to BFM_model_front.mat with Deep3DFaceRecon's "
     "instructions, or the BFM 2017/2019 .h5 from https://faces.dmi.unibas.ch/bfm/bfm2019.html",
     "bilinear": "the FaceScape bilinear model from https://facescape.nju.edu.cn (registration required)",

@@ -216,7 +216,7 @@ def _read_mediapipe(path: Path, n_faces: int) -> dict:
                        mp_bary=z["lmk_b_coords"].astype(np.float64).reshape(-1, 3),
                        mp_indices=z["landmark_indices"].astype(np.int64).reshape(-1))
     except (KeyError, ValueError, OSError) as err:
-        raise AssetFormatError(f"{path}: not SMIRK's mediapipe embedding (lmk_face_idx, lmk_b_coords, "
+        raise AssetFormatError(f"{path}: not a mediapipe landmark embedding (lmk_face_idx, lmk_b_coords, "
                                f"landmark_indices): {err}") from err
     n = len(out["mp_faces"])
     _check(out["mp_bary"].shape == (n, 3) and out["mp_indices"].shape == (n,), path, "inconsistent counts")
