@@ -124,6 +124,7 @@ class MorphableModel(nn.Module):
     Subclasses register these buffers (all on the module, so ``.to(device, dtype)`` moves them):
         faces: (F, 3) long, triangles, counter-clockwise seen from outside (front faces point out).
         uv: (T, 2) float UV coordinates in [0, 1], v up (OBJ convention); empty (0, 2) if the model has none.
+            (ICT-FaceKit keeps its UDIM layout: tile k at u in [k, k + 1]; its face is tile 0.)
         faces_uv: (F, 3) long, per-corner indices into ``uv`` (UV seams make these differ from ``faces``).
     and fill ``self.regions``: named vertex regions (``dict[str, Tensor]`` of long vertex ids, registered as
     buffers ``region_<name>``).

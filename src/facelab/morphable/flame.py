@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from kornia.geometry.conversions import rotation_matrix_to_axis_angle
 from torch import Tensor
 
 from facelab.errors import AssetFormatError
@@ -21,6 +22,7 @@ from facelab.morphable.flame_assets import (
     read_flame_folder,
 )
 from facelab.morphable.lbs import lbs
+from facelab.rotations import axis_angle_to_matrix
 
 #: Joints of FLAME's kinematic tree, in order.
 FLAME_JOINTS = ("global", "neck", "jaw", "left_eye", "right_eye")
@@ -185,12 +187,15 @@ class Flame(MorphableModel):
         return (self.mp_indices, self.mp_faces, self.mp_bary) if self.has_mediapipe else None
 
     def forward_posed(self, params: FlameParams, head_pose: Tensor | None = None) -> MeshOutput:
-        """FLAME with the head rotation as its root joint's pose (``global_pose``; see
-        :meth:`MorphableModel.forward_posed`)."""
+        """FLAME under a head rotation (B, 3) axis-angle, applied through the root joint (see
+        :meth:`MorphableModel.forward_posed`): it becomes ``global_pose``, composed as ``R_head @ R_global`` with a
+        ``global_pose`` already set, so the yaw-dependent 68-landmark contour follows the turned head. The mesh
+        turns about the root joint."""
         if head_pose is None:
             return self(params)
         if params.global_pose is not None:
-            raise ValueError("give the head rotation either as FlameParams.global_pose or as head_pose, not both")
+            composed = axis_angle_to_matrix(head_pose) @ axis_angle_to_matrix(params.global_pose)
+            head_pose = rotation_matrix_to_axis_angle(composed)
         return self(replace(params, global_pose=head_pose))
 
     def forward(self, params: FlameParams) -> MeshOutput:
