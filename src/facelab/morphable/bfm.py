@@ -607,10 +607,12 @@ def read_bfm_uv(
             _check(len(sel) == num_verts, chain[-1][0],
                    f"the index files select {len(sel)} vertices but the model has {num_verts}")
             table = table[sel]
-        uv, faces_uv = table, faces.copy()
-        used = np.unique(faces)
-        _check(not np.isnan(uv[used]).any(), path, "some vertices of the model's triangles have no UV")
-        uv = np.nan_to_num(uv, nan=0.0)  # unused vertices (no triangle) get (0, 0)
+        uv, faces_uv = table.copy(), faces.copy()
+        unused = np.ones(len(uv), dtype=bool)
+        unused[faces.reshape(-1)] = False
+        _check(bool(np.isfinite(uv[~unused]).all()), path,
+               "UVs of the model's triangles hold NaN or infinite values (or a vertex of an OBJ without a vt)")
+        uv[unused] = 0.0  # vertices no triangle uses
     _check(bool(np.isfinite(uv).all()), path, "UVs hold NaN or infinite values")
     lo, hi = float(uv.min()), float(uv.max())
     _check(lo >= -_UV_TOLERANCE and hi <= 1 + _UV_TOLERANCE, path,
