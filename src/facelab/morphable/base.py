@@ -146,6 +146,12 @@ class MorphableModel(nn.Module):
     uv: Tensor
     faces_uv: Tensor
     units: str = "m"
+    #: K_id, the width of ``params.identity`` (set by each model).
+    num_identity: int
+    #: K_exp, the width of ``params.expression`` (set by each model).
+    num_expression: int
+    #: K_alb, the width of ``params.albedo``; 0 when the model has no colour basis.
+    num_albedo: int = 0
     #: The family's parameter dataclass (a :class:`MorphableParams` subclass).
     params_type: ClassVar[type[MorphableParams]] = MorphableParams
     #: None: expression coefficients are N(0, 1) PCA coefficients; (lo, hi): blendshape weights in that range.
@@ -155,6 +161,8 @@ class MorphableModel(nn.Module):
     #: Index of the procedural head's first expression component in the generated stand-in (see
     #: :attr:`synthetic_expression_offset`); the components before it are the stand-in's own (a jaw opening).
     _synthetic_expression_start: ClassVar[int] = 0
+    #: ``(k, radians)`` of the stand-in's jaw-opening expression component (see :attr:`jaw_open_component`).
+    _synthetic_jaw_open: ClassVar[tuple[int, float] | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -213,21 +221,6 @@ class MorphableModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ common API
     @property
-    def num_identity(self) -> int:
-        """K_id, the width of ``params.identity``."""
-        raise NotImplementedError
-
-    @property
-    def num_expression(self) -> int:
-        """K_exp, the width of ``params.expression``."""
-        raise NotImplementedError
-
-    @property
-    def num_albedo(self) -> int:
-        """K_alb, the width of ``params.albedo``; 0 when the model has no colour basis."""
-        return 0
-
-    @property
     def has_uv(self) -> bool:
         """Whether the model has a UV layout (``uv`` / ``faces_uv`` non-empty)."""
         return self.uv.numel() > 0 and self.faces_uv.numel() > 0
@@ -249,7 +242,7 @@ class MorphableModel(nn.Module):
         """``(k, radians)``: expression component ``k`` opens the jaw by ``radians`` per unit, for a model that
         opens its jaw with a blendshape whose meaning is known (the generated BFM / FaceScape stand-ins); None
         for FLAME (``jaw_pose[:, 0]`` opens the jaw) and for unlabelled bases."""
-        return None
+        return self._synthetic_jaw_open if self.is_synthetic else None
 
     @property
     def synthetic_expression_offset(self) -> int | None:

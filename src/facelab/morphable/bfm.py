@@ -74,6 +74,8 @@ BFM_UV_NAME = "BFM_UV.mat"
 #: Deep3DFaceRecon's vertex index files: (file, key, rows it selects from), applied in this order.
 BFM_INDEX_FILES = (("BFM_exp_idx.mat", "trimIndex", 53490), ("BFM_front_idx.mat", "idx", 53215))
 NUM_LANDMARKS = 68
+#: Radians: jaw rotation of one standard deviation of the stand-in's jaw-opening mode (component 0).
+SYNTHETIC_JAW_OPEN_RAD = 0.12
 _MAT_REQUIRED = ("meanshape", "idBase", "exBase", "meantex", "texBase", "tri", "keypoints")
 _UV_KEYS = ("UV", "uv", "uv_coords")
 _UV_TOLERANCE = 1e-4  # UVs this far outside [0, 1] are rounding, further is a wrong file
@@ -666,6 +668,7 @@ class Bfm(MorphableModel):
 
     params_type = BfmParams
     _synthetic_expression_start = 1  # the stand-in's component 0 opens the jaw
+    _synthetic_jaw_open = (0, SYNTHETIC_JAW_OPEN_RAD)
 
     def __init__(
         self,
@@ -688,6 +691,7 @@ class Bfm(MorphableModel):
         self.num_exp = _component_count(num_exp, arrays.exp_basis.shape[2], "num_exp", "expression", path)
         k_tex = 0 if arrays.albedo_basis is None else arrays.albedo_basis.shape[2]
         self.num_tex = _component_count(num_tex, k_tex, "num_tex", "albedo", path)
+        self.num_identity, self.num_expression, self.num_albedo = self.num_id, self.num_exp, self.num_tex
 
         mean = arrays.mean_shape - (arrays.mean_shape.mean(axis=0, keepdims=True) if recenter else 0.0)
         basis = np.concatenate([arrays.id_basis[..., : self.num_id], arrays.exp_basis[..., : self.num_exp]], axis=2)
@@ -724,28 +728,8 @@ class Bfm(MorphableModel):
         """(K_exp, 3V) view of the expression rows of ``shape_basis``."""
         return self.shape_basis[self.num_id :]
 
-    @property
-    def num_identity(self) -> int:
-        return self.num_id
-
-    @property
-    def num_expression(self) -> int:
-        return self.num_exp
-
-    @property
-    def num_albedo(self) -> int:
-        return self.num_tex
-
     def _like(self) -> Tensor:
         return self.mean_shape
-
-    @property
-    def jaw_open_component(self) -> tuple[int, float] | None:
-        if not self.is_synthetic:
-            return None
-        from facelab.morphable.synthetic.bfm import JAW_OPEN_RAD
-
-        return 0, JAW_OPEN_RAD
 
     def forward(self, params: BfmParams) -> MeshOutput:
         """Vertices, 68 landmarks and (with ``params.albedo``) per-vertex albedo.

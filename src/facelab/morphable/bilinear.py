@@ -63,6 +63,8 @@ from facelab.morphable.base import MeshOutput, MorphableModel, MorphableParams
 FACESCAPE_NPZ_NAME = "facescape_bm_v1.6_847_50_52_id_front.npz"
 NUM_EXPRESSIONS = 52  # the neutral face + 51 blendshapes
 NUM_LANDMARKS = 68
+#: Radians: the stand-in's jaw-opening blendshape (component 0) at weight 1 (~17 degrees).
+SYNTHETIC_JAW_OPEN_RAD = 0.3
 
 
 @dataclass
@@ -371,6 +373,7 @@ class BilinearModel(MorphableModel):
     params_type = BilinearParams
     expression_range = (0.0, 1.0)
     _synthetic_expression_start = 1  # the stand-in's blendshape 1 (component 0) opens the jaw
+    _synthetic_jaw_open = (0, SYNTHETIC_JAW_OPEN_RAD)
 
     def __init__(
         self,
@@ -393,6 +396,7 @@ class BilinearModel(MorphableModel):
         self.num_id = k if num_id is None else int(num_id)
         if not 0 <= self.num_id <= k:
             raise AssetFormatError(f"{path}: num_id={num_id} but the core has {k} identity components")
+        self.num_identity, self.num_expression = self.num_id, self.num_exp
         # (3V, 52, K) -> (52, K, 3V) -> (52 K, 3V): row e * K + k multiplies w_exp[e] * w_id[k].
         core = arrays.core.transpose(1, 2, 0).reshape(NUM_EXPRESSIONS * k, 3 * n)
         self.register_constant("core", core)
@@ -412,24 +416,8 @@ class BilinearModel(MorphableModel):
         """Number of blendshape weights in :class:`BilinearParams` ``expression`` (51)."""
         return NUM_EXPRESSIONS - 1
 
-    @property
-    def num_identity(self) -> int:
-        return self.num_id
-
-    @property
-    def num_expression(self) -> int:
-        return self.num_exp
-
     def _like(self) -> Tensor:
         return self.core
-
-    @property
-    def jaw_open_component(self) -> tuple[int, float] | None:
-        if not self.is_synthetic:
-            return None
-        from facelab.morphable.synthetic.bilinear import JAW_OPEN_RAD
-
-        return 0, JAW_OPEN_RAD
 
     def identity_factors(self, identity: Tensor) -> Tensor:
         """(B, K) FaceScape identity factors ``w_id`` of coefficients ``identity`` (B, K_id) (inverse of

@@ -133,6 +133,7 @@ class Flame(MorphableModel):
             raise AssetFormatError(f"n_shape must be in [0, {NUM_SHAPE_TOTAL}] and n_expression in "
                                    f"[0, {n_exp_total}]; got {n_shape} and {n_expression}")
         self.n_shape, self.n_expression = n_shape, n_expression
+        self.num_identity, self.num_expression = n_shape, n_expression
         self.parents = tuple(int(p) for p in a.parents)
         dirs = np.concatenate([a.shapedirs[:, :, :n_shape],
                                a.shapedirs[:, :, NUM_SHAPE_TOTAL:NUM_SHAPE_TOTAL + n_expression]], axis=2)
@@ -163,14 +164,6 @@ class Flame(MorphableModel):
     @property
     def num_verts(self) -> int:
         return int(self.v_template.shape[0])
-
-    @property
-    def num_identity(self) -> int:
-        return self.n_shape
-
-    @property
-    def num_expression(self) -> int:
-        return self.n_expression
 
     @property
     def pose_fields(self) -> tuple[str, ...]:

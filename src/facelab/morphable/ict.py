@@ -276,6 +276,7 @@ class IctFaceModel(MorphableModel):
         self.num_identities = k_all if num_identities is None else int(num_identities)
         if not 0 <= self.num_identities <= k_all:
             raise AssetFormatError(f"{model_dir}: num_identities={num_identities} but {k_all} identityNNN.obj found")
+        self.num_identity, self.num_expression = self.num_identities, len(self.expression_names)
 
         n_all = len(arrays.neutral)
         if face_only and n_all < FACE_HEAD_END:
@@ -331,14 +332,6 @@ class IctFaceModel(MorphableModel):
     @property
     def num_expressions(self) -> int:
         return len(self.expression_names)
-
-    @property
-    def num_identity(self) -> int:
-        return self.num_identities
-
-    @property
-    def num_expression(self) -> int:
-        return self.num_expressions
 
     def _like(self) -> Tensor:
         return self.v_template

@@ -27,14 +27,13 @@ import numpy as np
 import scipy.sparse
 import scipy.spatial
 
-from facelab.morphable.bfm import BFM_MAT_NAME, BFM_UV_NAME, write_bfm_mat, write_bfm_uv
+from facelab.morphable.bfm import BFM_MAT_NAME, BFM_UV_NAME, SYNTHETIC_JAW_OPEN_RAD, write_bfm_mat, write_bfm_uv
 from facelab.morphable.synthetic.head import HeadGeometry, build_head
 
 NUM_ID, NUM_EXP, NUM_TEX = 80, 64, 80
 M_TO_DM = 10.0
 #: Smallest vertex count each size subdivides to (and the largest the full size may reach).
 _MIN_VERTS = {"full": 20000, "tiny": 50}
-JAW_OPEN_RAD = 0.12  # jaw rotation of one standard deviation of the jaw-opening mode
 _UV_MARGIN = 0.02  # border left around the UV layout in the unit square
 
 
@@ -83,7 +82,7 @@ def write_synthetic_bfm(out_dir: str | os.PathLike, seed: int = 0, size: str = "
 def _head_fields(head: HeadGeometry) -> np.ndarray:
     """(V, 3 (K_id + K_exp)) per-vertex basis values, identity then [jaw opening, head expressions]."""
     n = head.num_verts
-    exp = np.concatenate([jaw_open_mode(head, JAW_OPEN_RAD)[..., None], head.expression_basis], axis=2)
+    exp = np.concatenate([jaw_open_mode(head, SYNTHETIC_JAW_OPEN_RAD)[..., None], head.expression_basis], axis=2)
     return np.concatenate([head.identity_basis.transpose(0, 2, 1).reshape(n, -1),
                            exp.transpose(0, 2, 1).reshape(n, -1)], axis=1)
 

@@ -23,13 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from facelab.morphable.bilinear import FACESCAPE_NPZ_NAME, NUM_EXPRESSIONS, core_to_absolute, write_facescape_npz
+from facelab.morphable.bilinear import (
+    FACESCAPE_NPZ_NAME,
+    NUM_EXPRESSIONS,
+    SYNTHETIC_JAW_OPEN_RAD,
+    core_to_absolute,
+    write_facescape_npz,
+)
 from facelab.morphable.synthetic.bfm import jaw_open_mode
 from facelab.morphable.synthetic.head import build_head
 
 NUM_ID = 50
 M_TO_MM = 1000.0
-JAW_OPEN_RAD = 0.3  # the jaw-opening blendshape at weight 1 (~17 degrees)
 _SIZE_STD = 0.03  # relative head-size change of one standard deviation of factor 0
 _COUPLING = 0.08  # beta_k = _COUPLING / sqrt(k): identity-dependent rescaling of the blendshapes
 
@@ -51,7 +56,7 @@ def write_synthetic_bilinear(out_dir: str | os.PathLike, seed: int = 0, size: st
     rng = np.random.default_rng([seed, 11])
     template = head.verts * M_TO_MM
     id_basis = head.identity_basis * M_TO_MM  # (V, 3, 49), one standard deviation each
-    deltas = np.concatenate([jaw_open_mode(head, JAW_OPEN_RAD)[..., None], head.expression_basis], axis=2)
+    deltas = np.concatenate([jaw_open_mode(head, SYNTHETIC_JAW_OPEN_RAD)[..., None], head.expression_basis], axis=2)
     deltas = deltas * M_TO_MM  # (V, 3, 51)
 
     k = np.arange(1, NUM_ID)
