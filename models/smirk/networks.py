@@ -16,11 +16,11 @@ from dataclasses import dataclass, fields
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facelab.io.weights import load_state_dict_strict, read_state_dict
 from facelab.morphable.flame import FlameParams
+from facelab.nn import DoubleConv, ResidualBlock, UNet
 from facelab.render.camera import WeakPerspectiveCamera
 
 __all__ = [
@@ -355,97 +355,17 @@ class SmirkEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Generic blocks and the UNet translator
+# The UNet translator (facelab.nn.UNet; DoubleConv, ResidualBlock and UNet are re-exported from the core)
 # --------------------------------------------------------------------------------------------------------------
-
-
-class DoubleConv(nn.Sequential):
-    """Two (conv 3x3 -> BatchNorm -> ReLU) layers, the UNet "basic block" (Ronneberger et al. 2015).
-
-    Convolutions have no bias (BatchNorm follows). (B, in_channels, H, W) -> (B, out_channels, H, W).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-
-class ResidualBlock(nn.Module):
-    """``x + (reflect-pad, conv 3x3, BN, ReLU, reflect-pad, conv 3x3, BN)(x)``, the pix2pix/CycleGAN ResNet block
-    SMIRK puts between its UNet encoder and decoder. (B, C, H, W) -> (B, C, H, W)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(channels, channels, 3, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(channels, channels, 3, bias=False),
-            nn.BatchNorm2d(channels),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
-
-
-class UNet(nn.Module):
-    """UNet with residual blocks at the bottleneck (supplementary §1.1, Fig. 1), returning logits.
-
-    Encoder: per level a :class:`DoubleConv` then 2x2 max-pool; bottleneck :class:`DoubleConv` to
-    ``bottleneck_channels``, then ``n_res_blocks`` :class:`ResidualBlock`; decoder: per level ConvTranspose(2, 2),
-    concatenation with the encoder feature of that level, :class:`DoubleConv`; a final 1x1 conv.
-
-    Args:
-        in_channels: input channels.
-        out_channels: output channels.
-        channels: encoder widths per level (SMIRK: 32, 64, 128, 256).
-        bottleneck_channels: bottleneck width (SMIRK: 512).
-        n_res_blocks: residual blocks at the bottleneck (SMIRK: 5).
-
-    Shapes:
-        (B, in_channels, H, W) -> (B, out_channels, H, W); H and W divisible by ``2 ** len(channels)``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, channels: Sequence[int] = (32, 64, 128, 256),
-                 bottleneck_channels: int = 512, n_res_blocks: int = 5) -> None:
-        super().__init__()
-        widths = [in_channels, *channels]
-        self.down = nn.ModuleList(DoubleConv(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.bottleneck = DoubleConv(channels[-1], bottleneck_channels)
-        self.res_blocks = nn.Sequential(*(ResidualBlock(bottleneck_channels) for _ in range(n_res_blocks)))
-        ups = [bottleneck_channels, *reversed(channels)]
-        self.up = nn.ModuleList(nn.ConvTranspose2d(a, b, 2, stride=2) for a, b in zip(ups[:-1], ups[1:]))
-        self.up_convs = nn.ModuleList(DoubleConv(2 * c, c) for c in reversed(channels))
-        self.out = nn.Conv2d(channels[0], out_channels, 1)
-        self.factor = 2 ** len(channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
-            raise ValueError(f"UNet input size must be divisible by {self.factor}, got {tuple(x.shape[-2:])}")
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.res_blocks(self.bottleneck(x))
-        for up, conv, skip in zip(self.up, self.up_convs, reversed(skips)):
-            x = conv(torch.cat([up(x), skip], dim=1))
-        return self.out(x)
 
 
 class SmirkGenerator(nn.Module):
     """SMIRK's image-to-image translator: rendered face ‖ masked image -> reconstructed image (sigmoid).
 
-    A :class:`UNet` with 4 levels of 32/64/128/256 channels, a 512 bottleneck and 5 residual blocks (~31.4 M
-    parameters; supplementary §3.3: "~30M"). 6 input channels, 3 output channels in [0, 1].
+    A :class:`facelab.nn.UNet` (batch norm, concatenated skips, max-pool down / transposed-conv up, sigmoid
+    output) with 4 levels of 32/64/128/256 channels, a 512 bottleneck and 5 residual blocks (31,367,171
+    parameters; supplementary §3.3: "~30M"). 6 input channels, 3 output channels in [0, 1]. Checkpoint keys are
+    ``unet.down.*``, ``unet.bottleneck.*``, ``unet.res_blocks.*``, ``unet.up.*``, ``unet.up_convs.*``, ``unet.out.*``.
 
     Args:
         channels: encoder widths per level.
@@ -456,7 +376,8 @@ class SmirkGenerator(nn.Module):
     def __init__(self, channels: Sequence[int] = (32, 64, 128, 256), bottleneck_channels: int = 512,
                  n_res_blocks: int = 5) -> None:
         super().__init__()
-        self.unet = UNet(6, 3, channels, bottleneck_channels, n_res_blocks)
+        self.unet = UNet(6, 3, channels, bottleneck_channels, n_res_blocks, norm="batch", skip="concat",
+                         upsample="transpose", downsample="max", out_activation="sigmoid")
 
     def forward(self, rendered: Tensor, masked_image: Tensor) -> Tensor:
         """Translate.
@@ -471,4 +392,4 @@ class SmirkGenerator(nn.Module):
         if rendered.shape != masked_image.shape or rendered.shape[1] != 3:
             raise ValueError(f"rendered and masked_image must both be (B, 3, H, W), got {tuple(rendered.shape)} "
                              f"and {tuple(masked_image.shape)}")
-        return torch.sigmoid(self.unet(torch.cat([rendered, masked_image], dim=1)))
+        return self.unet(torch.cat([rendered, masked_image], dim=1))

@@ -1,0 +1,53 @@
+"""Reusable network blocks (plain PyTorch): a configurable UNet, AdaIN/FiLM conditioning and the StarGAN-v2 AdaIN
+residual block, PatchGAN and U-Net discriminators, equalized-learning-rate layers and generic StyleGAN2 blocks.
+
+Every module is configured by its type-hinted constructor (jsonargparse reads it) and is device/dtype agnostic.
+"""
+
+from facelab.nn.blocks import (
+    Activation,
+    DoubleConv,
+    Norm,
+    PreActResBlock,
+    ResidualBlock,
+    activation_layer,
+    norm_layer,
+)
+from facelab.nn.conditioning import AdaIN, AdaINResBlock, FiLM, adain, condition_mlp
+from facelab.nn.discriminators import (
+    PatchDiscriminator,
+    UNetDiscriminator,
+    UNetDiscriminatorOutput,
+    conv_receptive_field,
+)
+from facelab.nn.equalized import EqualConv2d, EqualLinear, bias_act
+from facelab.nn.stylegan import MinibatchStdDev, ModulatedConv2d, NoiseInjection, minibatch_stddev, modulated_conv2d
+from facelab.nn.unet import UNet
+
+__all__ = [
+    "Activation",
+    "AdaIN",
+    "AdaINResBlock",
+    "DoubleConv",
+    "EqualConv2d",
+    "EqualLinear",
+    "FiLM",
+    "MinibatchStdDev",
+    "ModulatedConv2d",
+    "NoiseInjection",
+    "Norm",
+    "PatchDiscriminator",
+    "PreActResBlock",
+    "ResidualBlock",
+    "UNet",
+    "UNetDiscriminator",
+    "UNetDiscriminatorOutput",
+    "activation_layer",
+    "adain",
+    "bias_act",
+    "condition_mlp",
+    "conv_receptive_field",
+    "minibatch_stddev",
+    "modulated_conv2d",
+    "norm_layer",
+]
