@@ -1,7 +1,8 @@
 """Evaluation of SMIRK encoders on held-out synthetic faces whose FLAME parameters are known.
 
 What is measured (``facelab evaluate --method smirk``; :func:`evaluate_checkpoint`); the metric functions live in
-:mod:`smirk.metrics`, shared with :class:`smirk.module.SmirkModule`'s validation:
+:mod:`facelab.metrics` (generic) and :mod:`smirk.metrics` (SMIRK's), shared with :class:`smirk.module.SmirkModule`'s
+validation:
 
 * **Landmark NME** (``landmark_nme``): mean Euclidean distance between the projected model landmarks and the
   image's landmarks, in NDC units of the crop (half the crop side = 1), for SMIRK's 105 mediapipe points and the
@@ -44,16 +45,10 @@ from torch import Tensor
 from facelab.data.synthetic import SceneConfig, SyntheticFaceBatch, SyntheticFaceDataset, SyntheticFaceSample
 from facelab.errors import AssetFormatError
 from facelab.io.weights import read_checkpoint
+from facelab.metrics import VertexErrorStats, landmark_nme, vertex_error_stats
 from facelab.morphable import Flame
 from smirk.data import as_smirk_batch
-from smirk.metrics import (
-    ExpressionVertexError,
-    VertexErrorStats,
-    expression_mse,
-    landmark_nme,
-    probe_statistics,
-    vertex_error_stats,
-)
+from smirk.metrics import ExpressionVertexError, expression_mse, probe_statistics
 from smirk.module import load_encoder_checkpoint
 from smirk.networks import SmirkEncoder
 

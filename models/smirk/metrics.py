@@ -1,7 +1,8 @@
-"""SMIRK's evaluation metrics as plain functions (landmark NME, expression errors, Table 2 / Table 4 statistics).
+"""SMIRK's evaluation metrics (expression errors, Table 4 statistics) on the core's generic ones.
 
-Used by :mod:`smirk.evaluate` (``facelab evaluate``) and meant for :class:`smirk.module.SmirkModule`'s validation, so
-``val/*`` and the evaluation report are the same numbers. No Lightning, no data loading.
+Used by :mod:`smirk.evaluate` (``facelab evaluate``) and by :class:`smirk.module.SmirkModule`'s validation, so
+``val/*`` and the evaluation report are the same numbers. No Lightning, no data loading. The generic metrics
+(landmark NME, per-vertex distances, the Table 2 summary) live in :mod:`facelab.metrics` and are re-exported here.
 
 Units: landmarks in NDC of the crop (half the crop side = 1); vertices in the model's units, converted to mm where
 the name says so. Shapes: ``B`` batch, ``L`` landmarks, ``V`` vertices, ``M`` faces, ``N`` copies per face.
@@ -9,10 +10,9 @@ the name says so. Shapes: ``B`` batch, ``L`` landmarks, ``V`` vertices, ``M`` fa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor
 
+from facelab.metrics import VertexErrorStats, landmark_nme, mm_per_unit, vertex_distances, vertex_error_stats
 from facelab.morphable import Flame, FlameParams
 from smirk.data import FlameGroundTruth
 
@@ -27,21 +27,6 @@ __all__ = [
 ]
 
 
-def landmark_nme(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-image mean Euclidean landmark distance in NDC units (half the crop side = 1).
-
-    Args:
-        pred: (B, L, 2+) projected landmarks (NDC; extra columns such as depth are ignored).
-        target: (B, L, 2+) image landmarks (NDC).
-
-    Returns:
-        (B,) ``mean_l ||pred_l - target_l||_2``.
-    """
-    if pred.shape[:2] != target.shape[:2]:
-        raise ValueError(f"landmark_nme: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    return (pred[..., :2] - target[..., :2].to(pred)).norm(dim=-1).mean(dim=-1)
-
-
 def expression_mse(pred: Tensor, true: Tensor) -> Tensor:
     """(B,) mean squared error of the model's expression coefficients.
 
@@ -51,59 +36,6 @@ def expression_mse(pred: Tensor, true: Tensor) -> Tensor:
     """
     k = pred.shape[-1]
     return (pred - true[..., :k].to(pred)).pow(2).mean(dim=-1)
-
-
-def vertex_distances(pred: Tensor, true: Tensor, vertex_ids: Tensor | None = None, scale: float = 1.0) -> Tensor:
-    """Per-vertex Euclidean distances ``scale * ||pred_v - true_v||``.
-
-    Args:
-        pred, true: (B, V, 3) meshes of one topology. vertex_ids: (V_r,) the vertices to compare (None: all).
-        scale: unit conversion (1000 for metres -> mm).
-
-    Returns:
-        (B, V_r) distances.
-    """
-    if pred.shape != true.shape:
-        raise ValueError(f"vertex_distances: pred {tuple(pred.shape)} and true {tuple(true.shape)} differ")
-    if vertex_ids is not None:
-        pred, true = pred[:, vertex_ids], true[:, vertex_ids]
-    return (pred - true.to(pred)).norm(dim=-1) * scale
-
-
-@dataclass
-class VertexErrorStats:
-    """Per-vertex error summary in the format of the supplementary's Table 2 (mm).
-
-    Table 2 reports "the mean, median, and max" per-vertex distance; as for every per-reconstruction metric of
-    that benchmark family, each statistic is taken over the vertices of one image and then averaged over images,
-    so ``max_mm`` is the typical worst vertex of a reconstruction (the number the supplementary notes correlates
-    with perceptual quality). ``field_median_mm`` / ``field_max_mm`` are the alternative reading: the median and
-    max over vertices of the per-vertex error averaged over images (its mean equals ``mean_mm``).
-
-    Attributes:
-        mean_mm, median_mm, max_mm: per-image mean / median / max over vertices, averaged over images.
-        field_median_mm, field_max_mm: median / max over vertices of the image-averaged per-vertex error.
-        num_images, num_vertices: how many images and vertices were summarized.
-    """
-
-    mean_mm: float
-    median_mm: float
-    max_mm: float
-    field_median_mm: float
-    field_max_mm: float
-    num_images: int
-    num_vertices: int
-
-
-def vertex_error_stats(errors: Tensor) -> VertexErrorStats:
-    """Summarize (N, V) per-vertex errors (mm) of N images as a :class:`VertexErrorStats` (Table 2)."""
-    if errors.dim() != 2 or errors.numel() == 0:
-        raise ValueError(f"vertex_error_stats expects non-empty (N, V) errors, got {tuple(errors.shape)}")
-    e = errors.double()
-    field = e.mean(dim=0)
-    return VertexErrorStats(mean_mm=float(e.mean(dim=1).mean()), median_mm=float(e.median(dim=1).values.mean()),
-                            max_mm=float(e.amax(dim=1).mean()), field_median_mm=float(field.median()),
-                            field_max_mm=float(field.max()), num_images=e.shape[0], num_vertices=e.shape[1])
 
 
 def probe_statistics(target_verts: Tensor, pred_verts: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,7 +75,7 @@ class ExpressionVertexError:
     def __init__(self, flame: Flame, flame_path: str) -> None:
         self.flame, self.flame_path = flame, flame_path
         self.face = flame.regions["face"]
-        self.scale = 1000.0 if flame.units == "m" else 1.0
+        self.scale = mm_per_unit(flame.units)
         self._models: dict[int, Flame] = {flame.n_expression: flame}
 
     def model(self, n_expression: int) -> Flame:

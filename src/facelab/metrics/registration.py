@@ -66,8 +66,11 @@ class RigidTransform:
                    torch.ones(batch_size, dtype=dtype, device=device))
 
     def apply(self, points: Tensor) -> Tensor:
-        """(B, N, 3) or (N, 3) (batch size 1) points mapped to ``s R x + t``."""
+        """(B, N, 3) points, or (N, 3) for a transform of batch size 1, mapped to ``s R x + t``."""
         if points.dim() == 2:
+            if self.rotation.shape[0] != 1:
+                raise ValueError(f"(N, 3) points need a transform of batch size 1, this one has "
+                                 f"{self.rotation.shape[0]}: pass (B, N, 3) points")
             return self.apply(points[None])[0]
         r, t, s = self.rotation.to(points), self.translation.to(points), self.scale.to(points)
         return s[:, None, None] * points @ r.transpose(1, 2) + t[:, None]
