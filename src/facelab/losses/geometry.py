@@ -147,7 +147,7 @@ def mesh_laplacian(faces: Tensor, num_verts: int, kind: Literal["uniform", "cota
         edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
         edges = torch.cat([edges, edges.flip(1)]).unique(dim=0)  # each undirected edge once per direction
         rows, cols = edges[:, 0], edges[:, 1]
-        raw = torch.ones(rows.shape[0], dtype=torch.float32, device=faces.device)
+        raw = torch.ones(rows.shape[0], dtype=torch.float64, device=faces.device)  # 1/deg exact; cast on use
     elif kind == "cotangent":
         if verts is None or verts.shape != (num_verts, 3):
             raise ValueError(f"the cotangent Laplacian needs rest verts (V={num_verts}, 3), got "

@@ -175,6 +175,10 @@ def laplacian_pyramid_loss(pred: Tensor, target: Tensor, levels: int = 5, mask: 
     _check_images(pred, target)
     if levels < 1:
         raise ValueError(f"levels must be >= 1, got {levels}")
+    smallest = 3 * 2 ** max(levels - 2, 0)  # the last blurred level needs a side of >= 3 (5 x 5 reflect padding)
+    if min(pred.shape[-2:]) < smallest:
+        raise ValueError(f"a {levels}-level Laplacian pyramid needs images of at least {smallest} x {smallest}, got "
+                         f"{tuple(pred.shape[-2:])}: use fewer levels")
     target = target.to(pred)
     mask = _mask4(mask, pred)
     if mask is not None:

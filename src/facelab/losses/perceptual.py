@@ -46,6 +46,18 @@ def vgg_layer_names(arch: VGGArch) -> dict[str, int]:
     return names
 
 
+def _config_up_to(config: Sequence[int | str], last_index: int) -> list[int | str]:
+    """The prefix of a torchvision VGG configuration whose layers reach index ``last_index`` (a conv item makes
+    two layers, conv and ReLU; ``"M"`` one), so deeper layers are never built."""
+    out, index = [], 0
+    for item in config:
+        if index > last_index:
+            break
+        out.append(item)
+        index += 1 if item == "M" else 2
+    return out
+
+
 class VGGFeatures(nn.Sequential):
     """The tapped trunk of a torchvision VGG: ImageNet normalisation, then ``features[: deepest + 1]`` with
     torchvision's layer indices (so its ``features.<i>.*`` keys load), built without the 120 M-parameter classifier
@@ -79,7 +91,8 @@ class VGGFeatures(nn.Sequential):
             state = read_state_dict(weights_path, what=f"{arch.upper()} weights (torchvision state dict)",
                                     config_key="weights_path")
         indices = [names[name] for name in layers]
-        trunk = [nn.ReLU(inplace=False) if isinstance(m, nn.ReLU) else m for m in make_layers(cfgs[_CONFIG[arch]])]
+        trunk = [nn.ReLU(inplace=False) if isinstance(m, nn.ReLU) else m for m in make_layers(_config_up_to(
+            cfgs[_CONFIG[arch]], max(indices)))]
         super().__init__(*trunk[: max(indices) + 1])
         self.arch, self.layers, self.indices = arch, tuple(layers), indices
         if state is not None:
