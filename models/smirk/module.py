@@ -24,23 +24,34 @@ Frames: landmarks in NDC (+y up) as in :mod:`smirk.data`; the NME metrics are me
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from facelab.errors import AssetFormatError
 from facelab.io.weights import load_state_dict_strict, read_state_dict
+from facelab.log import get_logger, warn_missing_weights
 from facelab.morphable import Flame, MeshOutput
 from facelab.render import MeshRenderer, RenderOutput, ndc_to_pixels, shape_lights
-from facelab.viz import draw_landmarks, mesh_overlay, rows_grid
+from facelab.training import (
+    GuardedStep,
+    ImageGridLogger,
+    StepOutcome,
+    epoch_cosine,
+    freeze,
+    norm_statistics,
+    restore_frozen_modes,
+    restore_norm_statistics,
+    set_steps_per_epoch,
+    step_schedulers,
+    tensorboard_writer,
+)
+from facelab.viz import draw_landmarks, mesh_overlay
 from smirk.cycle import AUGMENTATION_GROUPS, ExpressionTemplates, augment_expressions, synthetic_templates
 from smirk.data import FlameGroundTruth, SmirkBatch, as_smirk_batch
 from smirk.losses import (
@@ -59,7 +70,9 @@ from smirk.masking import MaskedInput, SmirkMasker
 from smirk.metrics import ExpressionVertexError, expression_mse, landmark_nme
 from smirk.networks import SmirkEncoder, SmirkEncoding, SmirkGenerator
 
-__all__ = ["EpochCosine", "SmirkLossWeights", "SmirkModule", "load_encoder_checkpoint"]
+__all__ = ["SmirkLossWeights", "SmirkModule", "load_encoder_checkpoint"]
+
+log = get_logger(__name__)
 
 #: SMIRK's gray albedo for the rendered face (smirk_reference.md "Renderer").
 RENDER_ALBEDO = 180.0 / 255.0
@@ -107,26 +120,6 @@ class SmirkLossWeights:
         raise ValueError(f"phase must be 'pretrain' or 'core', got {phase!r}")
 
 
-class EpochCosine:
-    """Learning-rate factor for ``LambdaLR``: a cosine from 1 to ``min_factor`` over each epoch, then a restart.
-
-    ``factor(k) = m + (1 - m) (1 + cos(pi t)) / 2`` with ``t = (k mod T) / T`` and ``T = steps_per_epoch``
-    (supplementary §1.6: "cosine-annealing, restarted at each epoch"). A callable object, so ``LambdaLR`` saves
-    ``steps_per_epoch`` in checkpoints.
-
-    Args:
-        steps_per_epoch: scheduler steps (batches) per epoch; set from the trainer at every epoch start.
-        min_factor: the factor reached at the end of an epoch.
-    """
-
-    def __init__(self, steps_per_epoch: int = 1, min_factor: float = 0.0) -> None:
-        self.steps_per_epoch, self.min_factor = max(1, int(steps_per_epoch)), float(min_factor)
-
-    def __call__(self, step: int) -> float:
-        t = (step % self.steps_per_epoch) / self.steps_per_epoch
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
 def load_encoder_checkpoint(encoder: SmirkEncoder, path: str, config_key: str = "model.init_args.pretrain_ckpt"
                             ) -> None:
     """Load the three encoders from a pretraining checkpoint (``torch.load(weights_only=True)``), strictly.
@@ -169,16 +162,16 @@ class SmirkModule(LightningModule):
         n_expression: FLAME expression components (50).
         image_size: side of the square input crops (224).
         pretrain_ckpt: core phase: checkpoint of the pretraining phase whose pose/shape/expression encoders are
-            loaded; None starts them from their initialization (logged once).
+            loaded; None starts them from their initialization (a WARNING).
         pose_backbone_weights, shape_backbone_weights, expression_backbone_weights: local ImageNet timm weights of
             the MobileNetV3 backbones when ``encoder`` is None (None: random initialization, logged).
         vgg_weights: torchvision VGG16 state dict for the perceptual loss (or inject ``perceptual_loss``); without
-            either, the term is disabled with a log line.
+            either, the term is switched off with a WARNING.
         emotion_weights: emotion-network ResNet-50 state dict (or inject ``emotion_loss``); without either, the
-            term is disabled with a log line.
+            term is switched off with a WARNING.
         mica_path: MICA shape-teacher export (pretraining); ``"synthetic"``: on synthetic data the true shape stands
             in for MICA's prediction (the term resolves the scale/identity ambiguity of landmark-only fitting);
-            None: the teacher term is disabled with a log line.
+            None: the teacher term is switched off with a WARNING.
         perceptual_loss: an already built :class:`VGGPerceptualLoss` (e.g. ``allow_random=True`` in tests).
         emotion_loss: an already built :class:`EmotionFeatureLoss` (e.g. EMOCA's with ``key_prefix``).
         cycle_loss: the cycle path's loss with its inner weights; None: :class:`CycleLoss` (exp 1, jaw 10,
@@ -186,7 +179,7 @@ class SmirkModule(LightningModule):
         templates_path: expression templates for the cycle path's template-injection group: an
             :class:`smirk.cycle.ExpressionTemplates` ``.npz`` (e.g. FaMoS fits), ``"synthetic"`` for
             :func:`smirk.cycle.synthetic_templates` (only with the synthetic FLAME, ``flame_path: synthetic``), or
-            None to drop that group (logged).
+            None to drop that group (a WARNING).
         cycle_groups: the cycle path's augmentation groups (supplementary Table 3 ablations are subsets).
         lr: base learning rate; None: 5e-4 in pretraining, 1e-3 in the core phase (supplementary §1.6).
         encoder_lr_factor: core phase: encoder lr = factor x ``lr`` (0.25).
@@ -195,6 +188,9 @@ class SmirkModule(LightningModule):
         min_lr_factor: lr floor of the per-epoch cosine, as a fraction of the base lr.
         log_images_every_n_steps: training batches between TensorBoard image grids (0: never).
         max_logged_images: samples (columns) per image grid.
+
+    The loss weights that really run (``self.weights``: the requested ones with the terms whose network has no
+    weights switched off) are logged as hyper-parameters, ``resolved_loss_weights/<term>`` in TensorBoard.
     """
 
     def __init__(
@@ -240,7 +236,8 @@ class SmirkModule(LightningModule):
         self.lr = lr if lr is not None else (1e-3 if phase == "core" else 5e-4)
         self.encoder_lr_factor, self.generator_betas = encoder_lr_factor, tuple(generator_betas)
         self.generator_grad_clip, self.min_lr_factor = generator_grad_clip, min_lr_factor
-        self.log_images_every_n_steps, self.max_logged_images = log_images_every_n_steps, max_logged_images
+        self.image_grid = ImageGridLogger(log_images_every_n_steps, max_logged_images)
+        self.guarded_step = GuardedStep.for_lightning(self, name="SMIRK", logger=__name__)
 
         self.flame = Flame(flame_path, n_shape=n_shape, n_expression=n_expression)
         if not self.flame.has_mediapipe or "face" not in self.flame.regions:
@@ -254,29 +251,35 @@ class SmirkModule(LightningModule):
         self.generator = None
         if phase == "core":
             self._load_pretrained(pretrain_ckpt)
-            for frozen in (self.encoder.pose_encoder, self.encoder.shape_encoder):
-                frozen.requires_grad_(False).eval()  # and kept in eval mode by train()
+            freeze(self.encoder.pose_encoder, self.encoder.shape_encoder)  # kept in eval mode by train()
             self.generator = generator if generator is not None else SmirkGenerator()
         elif generator is not None or pretrain_ckpt is not None:
-            rank_zero_warn("phase='pretrain' trains no generator and loads no pretraining checkpoint: "
-                           "`generator` / `pretrain_ckpt` are ignored")
-        self.perceptual_loss = self._feature_loss("perceptual", perceptual_loss, vgg_weights, "vgg_weights",
-                                                  lambda p: VGGPerceptualLoss(weights_path=p))
-        self.emotion_loss = self._feature_loss("emotion", emotion_loss, emotion_weights, "emotion_weights",
-                                               lambda p: EmotionFeatureLoss(weights_path=p))
+            log.warning("phase='pretrain' trains no generator and loads no pretraining checkpoint: `generator` / "
+                        "`pretrain_ckpt` are ignored")
+        self.perceptual_loss = self._feature_loss(
+            "perceptual", perceptual_loss, vgg_weights, "vgg_weights", lambda p: VGGPerceptualLoss(weights_path=p),
+            "VGG16 (SMIRK perceptual loss)", "the translator and the expression encoder learn from the L1 "
+            "reconstruction alone (blurrier translations, weaker expression gradients)")
+        self.emotion_loss = self._feature_loss(
+            "emotion", emotion_loss, emotion_weights, "emotion_weights", lambda p: EmotionFeatureLoss(weights_path=p),
+            "the emotion-recognition ResNet-50 (SMIRK emotion loss)", "the expression encoder is not pushed to keep "
+            "the input's emotion in the translated image")
         # mica_path "synthetic": the synthetic world's true shape stands in for MICA's prediction (synthetic data)
         self.synthetic_shape_teacher = mica_path == "synthetic"
         self.shape_teacher = None if self.synthetic_shape_teacher else self._feature_loss(
-            "shape_teacher", None, mica_path, "mica_path", lambda p: MicaShapeTeacher(weights_path=p, n_shape=n_shape))
+            "shape_teacher", None, mica_path, "mica_path", lambda p: MicaShapeTeacher(weights_path=p, n_shape=n_shape),
+            "MICA (SMIRK shape teacher)", "the shape encoder learns from landmarks alone, whose scale/identity "
+            "ambiguity it cannot resolve (on synthetic data set it to 'synthetic')")
         self.cycle_loss = cycle_loss if cycle_loss is not None else CycleLoss()
         self.cycle_groups = self._cycle_groups(tuple(cycle_groups), templates_path, flame_path, n_expression)
         self._expression_error = ExpressionVertexError(self.flame, flame_path)  # validation, synthetic truth
-        self._skipped_steps = 0
         self._batches_seen = 0
 
         self.save_hyperparameters(ignore=["encoder", "generator", "masker", "perceptual_loss", "emotion_loss",
                                           "cycle_loss", "loss_weights"])
-        self.hparams["loss_weights"] = asdict(requested)  # a plain dict keeps checkpoints weights_only-loadable
+        # plain dicts keep checkpoints weights_only-loadable; a second call makes them part of the hyper-parameters
+        # Lightning logs (TensorBoard: resolved_loss_weights/perceptual ...), so the log shows what really ran
+        self.save_hyperparameters({"loss_weights": asdict(requested), "resolved_loss_weights": asdict(self.weights)})
 
     # ---------------------------------------------------------------------------------------------- building
     @staticmethod
@@ -291,24 +294,28 @@ class SmirkModule(LightningModule):
 
     def _load_pretrained(self, pretrain_ckpt: str | None) -> None:
         if pretrain_ckpt is None:
-            rank_zero_info("SMIRK core phase: no pretrain_ckpt given, the pose/shape/expression encoders start from "
-                           "their initialization (run configs/smirk_pretrain.yaml first for the paper's recipe)")
+            warn_missing_weights("model.init_args.pretrain_ckpt", "the SMIRK pretraining checkpoint (pose, shape and "
+                                 "expression encoders)", "the core phase starts the encoders from their "
+                                 "initialization, and the frozen pose/shape encoders stay untrained (run "
+                                 "configs/smirk_pretrain.yaml first)", logger=__name__)
             return
         load_encoder_checkpoint(self.encoder, pretrain_ckpt)
-        rank_zero_info(f"SMIRK core phase: encoders loaded from {pretrain_ckpt}")
+        log.info("SMIRK core phase: encoders loaded from %s", pretrain_ckpt)
 
-    def _feature_loss(self, term: str, injected: nn.Module | None, path: str | None, key: str, build
-                      ) -> nn.Module | None:
-        """The frozen network of a feature loss, or None (its weight set to 0) when it has no weights."""
+    def _feature_loss(self, term: str, injected: nn.Module | None, path: str | None, key: str, build, what: str,
+                      lost: str) -> nn.Module | None:
+        """The frozen network of a feature loss, or None when its weight is 0; a missing weights file switches the
+        term off (weight 0) with a WARNING naming ``model.init_args.<key>``, what it is and what the run loses."""
         if injected is not None and path is not None:
             raise ValueError(f"give either {key} or the injected {term} loss module, not both")
         if injected is not None:
             return injected
-        if getattr(self.weights, term) == 0:
+        weight = getattr(self.weights, term)
+        if weight == 0:
             return None
         if path is None:
-            rank_zero_info(f"SMIRK: {term} loss DISABLED (weight {getattr(self.weights, term)} -> 0): {key} is not "
-                           "set (local weights file; nothing is downloaded)")
+            warn_missing_weights(f"model.init_args.{key}", what, f"the {term} loss (weight {weight:g}) is switched "
+                                 f"off (resolved_loss_weights/{term} = 0): {lost}", logger=__name__)
             setattr(self.weights, term, 0.0)
             return None
         return build(path)
@@ -319,8 +326,8 @@ class SmirkModule(LightningModule):
         templates = torch.zeros(0, n_expression)
         if "template" in groups and self.phase == "core":
             if templates_path is None:
-                rank_zero_info("SMIRK cycle path: no templates_path, the template-injection group is dropped "
-                               "(build FaMoS templates with smirk.cycle.build_templates)")
+                log.warning("SMIRK cycle path: model.init_args.templates_path is not set, the template-injection "
+                            "augmentation group is dropped (build templates with smirk.cycle.build_templates)")
                 groups = tuple(g for g in groups if g != "template")
             elif templates_path == "synthetic":
                 if not str(flame_path).startswith("synthetic"):
@@ -338,34 +345,23 @@ class SmirkModule(LightningModule):
     def train(self, mode: bool = True) -> SmirkModule:
         """Train mode everywhere except the frozen pose/shape encoders of the core phase (BatchNorm in eval)."""
         super().train(mode)
-        if self.phase == "core":
-            self.encoder.pose_encoder.eval()
-            self.encoder.shape_encoder.eval()
-        return self
+        return restore_frozen_modes(self)
 
     # ---------------------------------------------------------------------------------------------- optimizers
     def configure_optimizers(self):
-        """Adam per trained network, each with a per-epoch cosine (``LambdaLR`` over :class:`EpochCosine`)."""
+        """Adam per trained network, each with a per-epoch cosine (:func:`facelab.training.epoch_cosine`)."""
         if self.phase == "pretrain":
             groups = [(self.encoder.parameters(), self.lr, (0.9, 0.999))]
         else:
             groups = [(self.encoder.expression_encoder.parameters(), self.encoder_lr_factor * self.lr, (0.9, 0.999)),
                       (self.generator.parameters(), self.lr, self.generator_betas)]
-        optimizers, schedulers = [], []
-        for params, lr, betas in groups:
-            opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, betas=betas)
-            optimizers.append(opt)
-            schedulers.append(torch.optim.lr_scheduler.LambdaLR(opt, EpochCosine(min_factor=self.min_lr_factor)))
-        return optimizers, schedulers
+        optimizers = [torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, betas=betas)
+                      for params, lr, betas in groups]
+        return optimizers, [epoch_cosine(opt, self.min_lr_factor) for opt in optimizers]
 
     def on_train_epoch_start(self) -> None:
         """Set the cosine's period to this epoch's batch count (the schedulers step once per batch)."""
-        n = self.trainer.num_training_batches
-        if not math.isfinite(n):
-            rank_zero_warn("SMIRK: the training loader has no length; the learning rate stays constant")
-            n = 2**62
-        for scheduler in self._as_list(self.lr_schedulers()):
-            scheduler.lr_lambdas[0].steps_per_epoch = max(1, int(n))
+        set_steps_per_epoch(self._as_list(self.lr_schedulers()), self.trainer.num_training_batches)
 
     @staticmethod
     def _as_list(x) -> list:
@@ -373,43 +369,10 @@ class SmirkModule(LightningModule):
             return []
         return list(x) if isinstance(x, (list, tuple)) else [x]
 
-    def _optimize(self, opt, loss: Tensor, clip: float = 0.0) -> bool:
-        """Backward + (clip) + step, unless the loss or a gradient is non-finite on any rank (then skip, warn)."""
-        opt.zero_grad(set_to_none=True)
-        if not loss.requires_grad:  # every term of this step has weight 0
-            return False
-        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
-        if finite:
-            self.manual_backward(loss)
-            if clip > 0:
-                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
-            finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
-        if not finite:  # gradients are all-reduced under DDP, so every rank takes this branch together
-            opt.zero_grad(set_to_none=True)
-            self._skipped_steps += 1
-            rank_zero_warn(f"SMIRK: non-finite loss or gradient at batch {self._batches_seen}, optimizer step "
-                           f"skipped ({self._skipped_steps} so far)")
-            return False
-        opt.step()
-        opt.zero_grad(set_to_none=True)  # no stale gradients on a network that is frozen next
-        return True
-
-    def _norm_statistics(self, clone: bool = False) -> dict[str, Tensor]:
-        """BatchNorm running statistics of the trained networks (a forward pass updates them)."""
-        stats = {name: buf for name, buf in self.named_buffers()
-                 if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-        return {name: buf.clone() for name, buf in stats.items()} if clone else stats
-
-    def _restore_norm_statistics(self, saved: dict[str, Tensor]) -> None:
-        """After a skipped step: if the forward pass left non-finite BatchNorm statistics, put back the batch's
-        starting ones, so a bad batch changes nothing."""
-        current = self._norm_statistics()
-        if all(torch.isfinite(buf).all() for buf in current.values() if buf.is_floating_point()):
-            return
-        with torch.no_grad():
-            for name, buf in current.items():
-                buf.copy_(saved[name])
+    def _optimize(self, opt, losses: dict[str, Tensor], clip: float = 0.0) -> StepOutcome:
+        """One guarded step of ``opt`` on the weighted ``losses`` (:class:`facelab.training.GuardedStep`): skipped
+        and warned when a term or gradient is non-finite on any rank; no step when no weighted term has a graph."""
+        return self.guarded_step(opt, losses, self.weights, clip)
 
     # ---------------------------------------------------------------------------------------------- geometry
     def _render(self, enc: SmirkEncoding) -> tuple[MeshOutput, RenderOutput]:
@@ -430,9 +393,6 @@ class SmirkModule(LightningModule):
             losses["jaw_reg"] = jaw_regularization(enc.jaw_pose)
         return losses
 
-    def _weighted(self, losses: dict[str, Tensor]) -> Tensor:
-        return sum(getattr(self.weights, name) * value for name, value in losses.items())
-
     def _mask(self, batch: SmirkBatch, render_mask: Tensor, verts_px: Tensor, **kwargs) -> MaskedInput:
         landmarks_px = None if batch.hull_mask is not None else ndc_to_pixels(batch.landmarks_mp, self.image_size)
         return self.masker(batch.image, landmarks_px, render_mask, verts_px, self.flame.faces,
@@ -449,21 +409,16 @@ class SmirkModule(LightningModule):
     def training_step(self, batch, batch_idx: int) -> None:
         batch = self._prepare(batch)
         self._batches_seen += 1
-        skipped, stats = self._skipped_steps, self._norm_statistics(clone=True)
+        skipped, stats = self.guarded_step.skipped, norm_statistics(self, clone=True)
         if self.phase == "pretrain":
             losses, panels = self._pretrain_step(batch)
         else:
             losses, panels = self._core_step(batch, train_generator=batch_idx % 2 == 0)
-        if self._skipped_steps > skipped:
-            self._restore_norm_statistics(stats)
-        with warnings.catch_warnings():  # the network not trained on this batch has not stepped yet: expected
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
-            for scheduler in self._as_list(self.lr_schedulers()):
-                scheduler.step()  # per-iteration cosine: both networks' schedules advance every batch
+        if self.guarded_step.skipped > skipped:  # a NaN batch leaves the BatchNorm statistics as they were
+            restore_norm_statistics(self, stats)
+        step_schedulers(self._as_list(self.lr_schedulers()))  # per-iteration cosine: both networks, every batch
         self._log_train(losses, batch.batch_size)
-        n = self.log_images_every_n_steps
-        if n > 0 and (self._batches_seen - 1) % n == 0:
-            self._log_images("train/images", panels)
+        self.image_grid.log(self._image_writer(), "train/images", panels, self.global_step)
 
     def _pretrain_step(self, batch: SmirkBatch) -> tuple[dict[str, Tensor], list[Tensor]]:
         """Landmark pretraining of the three encoders (supplementary §1.6)."""
@@ -483,9 +438,7 @@ class SmirkModule(LightningModule):
                                "is skipped")
             else:
                 losses["shape_teacher"] = self.shape_teacher(enc.shape, batch.mica_image)
-        total = self._weighted(losses)
-        self._optimize(self.optimizers(), total)
-        losses["total"] = total
+        losses["total"] = self._optimize(self.optimizers(), losses).total
         return losses, self._pretrain_panels(batch, enc, mesh)
 
     def _core_step(self, batch: SmirkBatch, train_generator: bool) -> tuple[dict[str, Tensor], list[Tensor]]:
@@ -496,11 +449,9 @@ class SmirkModule(LightningModule):
         self.toggle_optimizer(opt)  # requires_grad=False on the other network's parameters
         try:
             losses, recon = self._reconstruction_path(batch, train_generator)
-            recon_total = self._weighted(losses)
-            self._optimize(opt, recon_total, clip)
+            recon_total = self._optimize(opt, losses, clip).total
             cycle, cycle_panels = self._cycle_path(batch, recon, train_generator)
-            cycle_total = self.weights.cycle * cycle
-            self._optimize(opt, cycle_total, clip)
+            cycle_total = self._optimize(opt, {"cycle": cycle}, clip).total
         finally:
             self.untoggle_optimizer(opt)
         losses["cycle"] = cycle
@@ -569,7 +520,7 @@ class SmirkModule(LightningModule):
         for name, opt in zip(names, self._as_list(self.optimizers())):
             self.log(f"train/lr_{name}", opt.param_groups[0]["lr"], on_step=True, on_epoch=False,
                      batch_size=batch_size)
-        self.log("train/skipped_steps", float(self._skipped_steps), on_step=True, on_epoch=False,
+        self.log("train/skipped_steps", float(self.guarded_step.skipped), on_step=True, on_epoch=False,
                  batch_size=batch_size)
 
     # ---------------------------------------------------------------------------------------------- images
@@ -594,17 +545,13 @@ class SmirkModule(LightningModule):
             overlay = self._overlay(batch, recon.encoding.detach(), recon.mesh)
         return [batch.image, recon.masked.masked_image, recon.render.image, recon.generated, overlay, *cycle]
 
-    def _want_images(self) -> bool:
-        n = self.log_images_every_n_steps
-        return (n > 0 and self._batches_seen and (self._batches_seen - 1) % n == 0 and self.global_rank == 0
-                and isinstance(self.logger, TensorBoardLogger))
+    def _image_writer(self):
+        """TensorBoard's writer on rank 0, else None (:func:`facelab.training.tensorboard_writer`)."""
+        return tensorboard_writer(self.logger, self.global_rank)
 
-    def _log_images(self, tag: str, panels: list[Tensor]) -> None:
-        """Rows of panels as one TensorBoard image (rank 0, TensorBoard only)."""
-        if not panels or self.global_rank != 0 or not isinstance(self.logger, TensorBoardLogger):
-            return
-        grid = rows_grid(*(p.detach().float().clamp(0, 1).cpu() for p in panels), max_images=self.max_logged_images)
-        self.logger.experiment.add_image(tag, grid, self.global_step)
+    def _want_images(self) -> bool:
+        """Whether this training batch logs an image grid (its panels are only assembled then)."""
+        return self._batches_seen > 0 and self.image_grid.due(self._batches_seen - 1, self._image_writer())
 
     # ---------------------------------------------------------------------------------------------- validation
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -620,8 +567,9 @@ class SmirkModule(LightningModule):
             metrics.update(self._ground_truth_errors(enc, batch.ground_truth))
         for name, value in metrics.items():
             self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch.batch_size)
-        if batch_idx == 0 and self.global_rank == 0 and isinstance(self.logger, TensorBoardLogger):
-            self._log_images("val/images", [batch.image, self._overlay(batch, enc, mesh)])
+        writer = self._image_writer()
+        if batch_idx == 0 and writer is not None:
+            self.image_grid.log(writer, "val/images", [batch.image, self._overlay(batch, enc, mesh)], self.global_step)
 
     def _ground_truth_errors(self, enc: SmirkEncoding, gt: FlameGroundTruth) -> dict[str, Tensor]:
         """Expression errors against the synthetic ground truth (:mod:`smirk.metrics`, as ``facelab evaluate``).

@@ -1,6 +1,8 @@
 """SmirkModule: both phases train a few steps through a real ``lightning.Trainer`` on tiny synthetic batches; the
 core phase alternates generator / expression-encoder steps, keeps the pose and shape encoders bit-identical and
-loads a pretraining checkpoint; a non-finite loss skips the step; the configs run through ``lightning-cli``."""
+loads a pretraining checkpoint; a non-finite loss skips the step; a missing pretrained network switches its loss
+off with a console WARNING and the resolved weights are logged as hyper-parameters; the configs run through
+``lightning-cli``."""
 
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ from torch.utils.data import DataLoader
 
 from facelab.data.synthetic import SyntheticFaceDataset, SyntheticFaceSample
 from facelab.errors import MissingAssetError
+from facelab.training import StepOutcome, norm_statistics, restore_norm_statistics, weighted_total
 from smirk.cycle import build_templates
 from smirk.data import SmirkBatch, as_smirk_batch
 from smirk.losses import EmotionFeatureLoss, VGGPerceptualLoss
-from smirk.module import EpochCosine, SmirkLossWeights, SmirkModule
+from smirk.module import SmirkLossWeights, SmirkModule
 from smirk.networks import SmirkGenerator
 
 SIZE, BATCH = 64, 4
@@ -95,6 +98,9 @@ def test_phase_trains_with_finite_losses_and_logs(phase, batches, tmp_path):
     assert float(metrics["train/skipped_steps"]) == 0
     events = list((tmp_path / "tb").rglob("events.out.tfevents*"))
     assert events and max(e.stat().st_size for e in events) > 10_000  # scalars and the image grids
+    # the weights that really ran are TensorBoard hyper-parameters (flattened: resolved_loss_weights/<term>)
+    logged = b"".join(e.read_bytes() for e in events)
+    assert b"resolved_loss_weights/perceptual" in logged and b"resolved_loss_weights/landmark_mp" in logged
 
 
 def test_core_alternates_networks_and_keeps_pose_shape_frozen(batches, tmp_path):
@@ -128,41 +134,66 @@ def test_pretrain_checkpoint_initializes_core_phase(batches, tmp_path):
         make_module("core", pretrain_ckpt=str(tmp_path / "missing.ckpt"))
 
 
-def test_non_finite_loss_skips_the_step(batches, tmp_path):
+def test_non_finite_loss_skips_the_step(batches, tmp_path, capsys):
     bad = [replace(b, landmarks_mp_ndc=torch.full_like(b.landmarks_mp_ndc, float("nan"))) for b in batches[:2]]
     module = make_module("pretrain", log_images_every_n_steps=0)
     before = {k: v.clone() for k, v in module.encoder.named_parameters()}
-    with pytest.warns(UserWarning, match="optimizer step skipped"):
-        trainer = fit(module, bad, tmp_path, val=False, max_epochs=1, max_steps=-1)
+    opt_state = []
+    module.on_train_end = lambda: opt_state.append(module.optimizers().optimizer.state)
+    trainer = fit(module, bad, tmp_path, val=False, max_epochs=1, max_steps=-1)
+    err = capsys.readouterr().err
+    assert "WARNING smirk.module: SMIRK: non-finite landmark_mp at step 2, optimizer step skipped (2 skipped" in err
     assert float(trainer.callback_metrics["train/skipped_steps"]) == 2 and trainer.global_step == 0
     assert all(torch.equal(v, before[k]) for k, v in module.encoder.named_parameters())
+    assert opt_state == [{}]  # Adam never stepped: no moments, no step count
 
 
 def test_skipped_step_restores_non_finite_norm_statistics():
     module = make_module("pretrain")
-    saved = module._norm_statistics(clone=True)
+    saved = norm_statistics(module, clone=True)
+    assert any(n.startswith("encoder.shape_encoder.") for n in saved)
     name = next(n for n in saved if n.endswith("running_mean"))
-    module._norm_statistics()[name].fill_(float("nan"))  # what a forward pass on a NaN image leaves behind
-    module._restore_norm_statistics(saved)
-    assert all(torch.equal(buf, saved[n]) for n, buf in module._norm_statistics().items())
+    norm_statistics(module)[name].fill_(float("nan"))  # what a forward pass on a NaN image leaves behind
+    assert restore_norm_statistics(module, saved)
+    assert all(torch.equal(buf, saved[n]) for n, buf in norm_statistics(module).items())
 
 
-def test_missing_feature_weights_disable_their_terms():
+def test_missing_feature_weights_switch_their_terms_off_loudly(capsys):
+    capsys.readouterr()
     module = SmirkModule(phase="core", image_size=SIZE, generator=SmirkGenerator(
         channels=(8, 16, 32, 64), bottleneck_channels=64, n_res_blocks=1))
+    err = capsys.readouterr().err
+    for key, what in (("vgg_weights", "VGG16"), ("emotion_weights", "emotion-recognition ResNet-50"),
+                      ("pretrain_ckpt", "SMIRK pretraining checkpoint")):
+        line = next((ln for ln in err.splitlines() if f"`model.init_args.{key}`" in ln), "")
+        assert line.startswith("[facelab] WARNING smirk.module: no pretrained weights for") and what in line, err
+    assert "the perceptual loss (weight 10) is switched off" in err
+    assert "the emotion loss (weight 1) is switched off" in err
+    assert "WARNING smirk.module: SMIRK cycle path: model.init_args.templates_path is not set" in err
     assert module.perceptual_loss is None and module.weights.perceptual == 0
     assert module.emotion_loss is None and module.weights.emotion == 0
     assert module.weights.reconstruction == 10 and module.cycle_groups == ("random", "permutation", "zero")
+    # hyper-parameters: what was asked for and what runs
+    assert module.hparams["loss_weights"]["perceptual"] == 10.0
+    resolved = module.hparams_initial["resolved_loss_weights"]
+    assert resolved["perceptual"] == 0.0 and resolved["emotion"] == 0.0 and resolved["reconstruction"] == 10.0
     assert SmirkLossWeights.for_phase("pretrain").shape_teacher == 10
     with pytest.raises(ValueError, match="not both"):
         SmirkModule(phase="core", image_size=SIZE, vgg_weights="vgg16.pth",
                     perceptual_loss=VGGPerceptualLoss(allow_random=True))
 
 
-def test_epoch_cosine_restarts_every_epoch():
-    schedule = EpochCosine(steps_per_epoch=10, min_factor=0.0)
-    assert schedule(0) == 1.0 and schedule(10) == 1.0 and schedule(25) == pytest.approx(0.5)
-    assert schedule(9) < 0.03
+def test_missing_mica_switches_the_shape_teacher_off_loudly(capsys):
+    capsys.readouterr()
+    module = make_module("pretrain", mica_path=None)
+    err = capsys.readouterr().err
+    assert "WARNING smirk.module: no pretrained weights for MICA (SMIRK shape teacher): set " \
+           "`model.init_args.mica_path`" in err
+    assert "the shape_teacher loss (weight 10) is switched off" in err
+    assert module.weights.shape_teacher == 0 and module.hparams_initial["resolved_loss_weights"]["shape_teacher"] == 0
+    capsys.readouterr()
+    make_module("pretrain", mica_path="synthetic")  # the stand-in teacher: nothing is missing, nothing is said
+    assert "mica_path" not in capsys.readouterr().err
 
 
 def test_synthetic_batch_adapter(batches):
@@ -176,15 +207,26 @@ def test_synthetic_batch_adapter(batches):
 
 
 def test_lightning_cli_runs_the_configs(tmp_path):
+    """Both configs train through ``lightning-cli``; the core config has no VGG / emotion weights offline, and the
+    console says so (WARNING, naming the config keys) and the logged hyper-parameters show the terms at 0."""
     cli = Path(sys.executable).parent / "lightning-cli"
     for config, steps in (("smirk_pretrain.yaml", 2), ("smirk.yaml", 2)):
         cmd = [str(cli), "fit", "--config", str(REPO / "configs" / config), "--config",
                str(REPO / "configs" / "smirk_quickstart.yaml"), f"--trainer.max_steps={steps}",
                "--trainer.limit_val_batches=1", "--data.init_args.num_train=8"]
-        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+        env = {k: v for k, v in os.environ.items() if k != "FACELAB_LOG_LEVEL"}  # the default console threshold
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        console = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"{config}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-        assert f"max_steps={steps}` reached" in proc.stdout + proc.stderr
+        assert f"max_steps={steps}` reached" in console
+        if config == "smirk.yaml":
+            warnings = [ln for ln in console.splitlines() if "WARNING smirk.module: no pretrained weights" in ln]
+            for key in ("vgg_weights", "emotion_weights", "pretrain_ckpt"):
+                assert any(f"`model.init_args.{key}`" in ln for ln in warnings), console[-4000:]
+            assert "the perceptual loss (weight 10) is switched off" in console
     assert len(list((tmp_path / "logs").rglob("config.yaml"))) == 2
+    core_hparams = next((tmp_path / "logs" / "smirk").rglob("hparams.yaml")).read_text()
+    assert "resolved_loss_weights:" in core_hparams and "perceptual: 0.0" in core_hparams
 
 
 @pytest.mark.slow
@@ -207,9 +249,8 @@ def test_synthetic_shape_teacher_pulls_the_shape_towards_the_truth(batches):
     assert module.weights.shape_teacher == 10.0 and module.synthetic_shape_teacher
     batch = as_smirk_batch(batches[0])
     enc = module.encoder(batch.image)
-    losses = {}
     module.optimizers = lambda: torch.optim.SGD(module.parameters(), lr=0.0)  # no trainer: a no-op optimizer
-    module._optimize = lambda opt, loss, clip=0.0: losses.update(total=loss) or True
+    module._optimize = lambda opt, terms, clip=0.0: StepOutcome("no_graph", weighted_total(terms, module.weights))
     out, _ = module._pretrain_step(batch)
     expected = (enc.shape - batch.ground_truth.shape[:, :enc.shape.shape[1]]).pow(2).mean()
     torch.testing.assert_close(out["shape_teacher"], expected, rtol=1e-5, atol=1e-6)
