@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,7 +137,7 @@ def test_datasets_read_the_cache(cache):
 
 def test_datamodule_mixed_batches(cache, tmp_path):
     from facelab.data.augment import FaceAugment
-    from facelab.data.datasets import CachedFaceDataModule
+    from facelab.data.modules import CachedFaceDataModule
 
     dm = CachedFaceDataModule([str(cache), str(cache)], val_roots=[str(cache)], shares=[0.75, 0.25],
                               batch_size=4, num_workers=0, image_size=64, num_batches=3, augment=FaceAugment())
@@ -145,3 +147,25 @@ def test_datamodule_mixed_batches(cache, tmp_path):
     for b in batches:
         assert b.image.shape == (4, 3, 64, 64) and b.dataset.tolist() == [0, 0, 0, 1]
     assert len(next(iter(dm.val_dataloader()))) == 4
+    # resumable: after one batch, a fresh loader from the saved state yields exactly the other two
+    loader = dm.train_dataloader()
+    first = next(iter(loader))
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(loader.state_dict())
+    rest = list(resumed)
+    assert [b.index.tolist() for b in rest] == [b.index.tolist() for b in batches[1:]]
+    assert first.index.tolist() == batches[0].index.tolist()
+
+
+def test_reading_data_does_not_import_lightning():
+    """The plain datasets (and samplers, caches, the synthetic world) load without Lightning; the old class path
+    ``facelab.data.datasets.CachedFaceDataModule`` still resolves (lazily, importing Lightning only then)."""
+    code = ("import sys\n"
+            "import facelab.data.datasets, facelab.data.sampler, facelab.data.cache, facelab.data.synthetic\n"
+            "assert not any(m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning')) "
+            "for m in sys.modules), sorted(m for m in sys.modules if 'lightning' in m)[:5]\n"
+            "from facelab.data.datasets import CachedFaceDataModule\n"
+            "from facelab.data.modules import CachedFaceDataModule as Moved\n"
+            "assert CachedFaceDataModule is Moved and 'lightning' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]

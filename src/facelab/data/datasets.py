@@ -1,5 +1,8 @@
 """Datasets over real faces: raw image folders (inference) and the ``facelab preprocess`` cache (training).
 
+Plain torch ``Dataset`` classes: nothing here imports Lightning (the DataModule that mixes caches for training is
+:class:`facelab.data.modules.CachedFaceDataModule`).
+
 Sample format (:class:`FaceCropSample`, batched by :meth:`FaceCropSample.collate`):
 
 ==================  ===============  ====================================================================
@@ -31,22 +34,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import lightning.pytorch as pl  # only the DataModule at the end of this module uses lightning
 import torch
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from facelab.data.cache import FaceEntry, face_entries, load_face
 from facelab.data.crop import crop_params, normalize_points, transform_points, warp_crop
 from facelab.data.image_io import DataError, list_images, read_image
 
 __all__ = [
-    "CachedFaceDataModule",
     "CachedFaceDataset",
     "FaceCropSample",
     "ImageFolderDataset",
     "RawImage",
     "VideoFrameDataset",
+    "open_cache",
 ]
 
 
@@ -247,8 +249,10 @@ class VideoFrameDataset(Dataset):
         return clip[0] if self.frames_per_sample == 1 else FaceCropSample.collate(clip)
 
 
-def _open_cache(root: str, image_size: int, scale_range, dataset_id: int, video_frames: bool | None):
-    """A VideoFrameDataset for a cache of videos (or when forced), else a CachedFaceDataset."""
+def open_cache(root: str | os.PathLike, image_size: int = 224, scale_range: tuple[float, float] | None = None,
+               dataset_id: int = 0, video_frames: bool | None = None) -> CachedFaceDataset | VideoFrameDataset:
+    """A :class:`VideoFrameDataset` for a cache made only of video frames (or when ``video_frames`` is True), else a
+    :class:`CachedFaceDataset` (the other arguments are theirs)."""
     if video_frames is None:
         entries = face_entries(root)
         video_frames = bool(entries) and all(e.frame >= 0 for e in entries)
@@ -257,88 +261,11 @@ def _open_cache(root: str, image_size: int, scale_range, dataset_id: int, video_
     return CachedFaceDataset(root, image_size, scale_range, dataset_id=dataset_id)
 
 
-class CachedFaceDataModule(pl.LightningDataModule):
-    """Preprocessed real faces for training: several caches mixed with fixed per-batch shares.
+def __getattr__(name: str):
+    # configs written before the DataModules moved name facelab.data.datasets.CachedFaceDataModule; resolving it
+    # lazily keeps them working without importing Lightning for everyone who only reads data
+    if name == "CachedFaceDataModule":
+        from facelab.data.modules import CachedFaceDataModule
 
-    Training batches come from :class:`~facelab.data.sampler.MixedBatchSampler` (exact per-batch shares, sharded
-    across DDP ranks by the sampler itself, so run DDP with ``trainer.use_distributed_sampler: false``).
-    Validation iterates all validation caches in order. Batches are :class:`FaceCropSample`; ``augment`` (e.g.
-    :class:`~facelab.data.augment.FaceAugment`) runs on the device after transfer, during training only.
-
-    Args:
-        train_roots: cache directories; a cache made only of video frames is read as a
-            :class:`VideoFrameDataset` (one random frame per video per access), others as
-            :class:`CachedFaceDataset`.
-        val_roots: validation cache directories (none: no validation loader).
-        shares: per-batch share of each training root (e.g. ``[0.5, 0.4, 0.1]``); None: proportional to sizes.
-        batch_size: batch size per process.
-        num_workers: DataLoader workers per process.
-        image_size: crop side fed to the network.
-        train_scale_range: random re-crop scale range for training (SMIRK: ``[1.2, 1.8]``); None: stored crops.
-        num_batches: training batches per epoch over all ranks; None: every training cache seen once per epoch.
-        augment: device-side batch augmentation (training only), or None.
-        seed: seed of the batch composition.
-    """
-
-    def __init__(
-        self,
-        train_roots: list[str],
-        val_roots: list[str] | None = None,
-        shares: list[float] | None = None,
-        batch_size: int = 32,
-        num_workers: int = 4,
-        image_size: int = 224,
-        train_scale_range: tuple[float, float] | None = None,
-        num_batches: int | None = None,
-        augment: torch.nn.Module | None = None,
-        seed: int = 0,
-    ):
-        super().__init__()
-        if shares is not None and len(shares) != len(train_roots):
-            raise ValueError(f"{len(train_roots)} train_roots but {len(shares)} shares")
-        self.train_roots, self.val_roots, self.shares = list(train_roots), list(val_roots or []), shares
-        self.batch_size, self.num_workers, self.image_size = batch_size, num_workers, image_size
-        self.train_scale_range, self.num_batches = train_scale_range, num_batches
-        self.augment, self.seed = augment, seed
-        self.train_set: ConcatDataset | None = None
-        self.val_set: ConcatDataset | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        """Open the caches (indices only; crops are read lazily by the workers)."""
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = ConcatDataset([
-                _open_cache(r, self.image_size, self.train_scale_range, i, None) for i, r in enumerate(self.train_roots)
-            ])
-        if stage in (None, "fit", "validate") and self.val_set is None and self.val_roots:
-            self.val_set = ConcatDataset([
-                CachedFaceDataset(r, self.image_size, None, dataset_id=i) for i, r in enumerate(self.val_roots)
-            ])
-
-    def train_dataloader(self) -> DataLoader:
-        from facelab.data.sampler import MixedBatchSampler
-
-        trainer = getattr(self, "_trainer", None)
-        if trainer is not None and trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
-            raise ValueError("CachedFaceDataModule shards batches itself (MixedBatchSampler): set "
-                             "trainer.use_distributed_sampler=false for multi-process training")
-        sizes = [len(d) for d in self.train_set.datasets]
-        sampler = MixedBatchSampler(sizes, self.shares or sizes, self.batch_size, num_batches=self.num_batches,
-                                    seed=self.seed, drop_last=True,
-                                    num_replicas=trainer.world_size if trainer is not None else None,
-                                    rank=trainer.global_rank if trainer is not None else None)
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=FaceCropSample.collate, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=self.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_set is None:
-            return []
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=FaceCropSample.collate)
-
-    def on_after_batch_transfer(self, batch: FaceCropSample, dataloader_idx: int) -> FaceCropSample:
-        trainer = getattr(self, "_trainer", None)
-        if self.augment is not None and trainer is not None and trainer.training:
-            return batch.augment(self.augment)
-        return batch
-
+        return CachedFaceDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
