@@ -8,6 +8,10 @@ Building blocks the training recipe wires together (see ``shared/docs/smirk_refe
 * :mod:`smirk.cycle`: the augmented expression cycle path and expression templates.
 * :mod:`smirk.losses`: the loss terms.
 * :mod:`smirk.bench`: ``facelab bench smirk``, the training-step split and inference throughput at 224².
+* :mod:`smirk.inference`: :class:`~smirk.inference.SmirkReconstructor` (``facelab reconstruct --method smirk``).
+* :mod:`smirk.plugin`: :data:`method`, what the ``facelab.methods`` entry point ``smirk = "smirk:method"`` names.
+
+Importing ``smirk`` is light (only :data:`method`); the names below load their module on first access.
 
 Wiring (what ``tests/smirk/test_pipeline.py`` runs; ``renderer = MeshRenderer.from_model(flame, region="face")``,
 ``masker.set_topology(flame.faces, flame.regions, allowed_faces=flame.region_faces("face"))`` once)::
@@ -29,90 +33,49 @@ Wiring (what ``tests/smirk/test_pipeline.py`` runs; ``renderer = MeshRenderer.fr
     loss = cycle_loss(encoder(generator(render2.image, masked2.masked_image)), target)
 """
 
-from smirk.cycle import (
-    AUGMENTATION_GROUPS,
-    CycleAugmentation,
-    ExpressionTemplates,
-    augment_expressions,
-    build_templates,
-)
-from smirk.data import SmirkBatch, as_smirk_batch
-from smirk.losses import (
-    CycleLoss,
-    EmotionFeatureLoss,
-    MicaShapeTeacher,
-    VGGPerceptualLoss,
-    cycle_loss,
-    expression_regularization,
-    fan_contour_landmark_loss,
-    jaw_regularization,
-    landmark_loss,
-    reconstruction_loss,
-    structural_identity_loss,
-)
-from smirk.masking import (
-    DEFAULT_REGION_WEIGHTS,
-    MaskedInput,
-    MeshPoints,
-    SmirkMasker,
-    convex_hull_mask,
-    region_face_weights,
-    sample_mesh_points,
-    transfer_pixels,
-)
-from smirk.module import SmirkLossWeights, SmirkModule
-from smirk.networks import (
-    DoubleConv,
-    ExpressionEncoder,
-    ExpressionOutput,
-    PoseEncoder,
-    PoseOutput,
-    ResidualBlock,
-    ShapeEncoder,
-    SmirkEncoder,
-    SmirkEncoding,
-    SmirkGenerator,
-    UNet,
-)
+from __future__ import annotations
 
-__all__ = [
-    "AUGMENTATION_GROUPS",
-    "DEFAULT_REGION_WEIGHTS",
-    "CycleAugmentation",
-    "CycleLoss",
-    "DoubleConv",
-    "EmotionFeatureLoss",
-    "ExpressionEncoder",
-    "ExpressionOutput",
-    "ExpressionTemplates",
-    "MaskedInput",
-    "MeshPoints",
-    "MicaShapeTeacher",
-    "PoseEncoder",
-    "PoseOutput",
-    "ResidualBlock",
-    "ShapeEncoder",
-    "SmirkEncoder",
-    "SmirkEncoding",
-    "SmirkGenerator",
-    "SmirkBatch",
-    "SmirkLossWeights",
-    "SmirkMasker",
-    "SmirkModule",
-    "as_smirk_batch",
-    "UNet",
-    "VGGPerceptualLoss",
-    "augment_expressions",
-    "build_templates",
-    "convex_hull_mask",
-    "cycle_loss",
-    "expression_regularization",
-    "fan_contour_landmark_loss",
-    "jaw_regularization",
-    "landmark_loss",
-    "reconstruction_loss",
-    "region_face_weights",
-    "sample_mesh_points",
-    "structural_identity_loss",
-    "transfer_pixels",
-]
+import importlib
+
+from smirk.plugin import method
+
+#: Public name -> the module defining it (imported on first access, PEP 562).
+_LAZY: dict[str, str] = {
+    # smirk.cycle
+    "AUGMENTATION_GROUPS": "smirk.cycle", "CycleAugmentation": "smirk.cycle", "ExpressionTemplates": "smirk.cycle",
+    "augment_expressions": "smirk.cycle", "build_templates": "smirk.cycle",
+    # smirk.data
+    "SmirkBatch": "smirk.data", "as_smirk_batch": "smirk.data",
+    # smirk.losses
+    "CycleLoss": "smirk.losses", "EmotionFeatureLoss": "smirk.losses", "MicaShapeTeacher": "smirk.losses",
+    "VGGPerceptualLoss": "smirk.losses", "cycle_loss": "smirk.losses", "expression_regularization": "smirk.losses",
+    "fan_contour_landmark_loss": "smirk.losses", "jaw_regularization": "smirk.losses",
+    "landmark_loss": "smirk.losses", "reconstruction_loss": "smirk.losses",
+    "structural_identity_loss": "smirk.losses",
+    # smirk.masking
+    "DEFAULT_REGION_WEIGHTS": "smirk.masking", "MaskedInput": "smirk.masking", "MeshPoints": "smirk.masking",
+    "SmirkMasker": "smirk.masking", "convex_hull_mask": "smirk.masking", "region_face_weights": "smirk.masking",
+    "sample_mesh_points": "smirk.masking", "transfer_pixels": "smirk.masking",
+    # smirk.module
+    "SmirkLossWeights": "smirk.module", "SmirkModule": "smirk.module",
+    # smirk.networks
+    "DoubleConv": "smirk.networks", "ExpressionEncoder": "smirk.networks", "ExpressionOutput": "smirk.networks",
+    "PoseEncoder": "smirk.networks", "PoseOutput": "smirk.networks", "ResidualBlock": "smirk.networks",
+    "ShapeEncoder": "smirk.networks", "SmirkEncoder": "smirk.networks", "SmirkEncoding": "smirk.networks",
+    "SmirkGenerator": "smirk.networks", "UNet": "smirk.networks",
+}
+
+__all__ = ["method", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'smirk' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later accesses skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -4,11 +4,13 @@
 :class:`smirk.SmirkModule` checkpoint with ``torch.load(weights_only=True)`` and runs, on batches of square crops in
 [0, 1] (SMIRK's crop: the bounding box of the mediapipe landmarks, side ``mean(w, h) * 1.6``):
 
-    encoding = reconstructor.encode(crops)           # SmirkEncoding: shape, expression, jaw, eyelids, pose, cam
+    encoding = reconstructor.encode(crops)           # facelab.reconstruction.FaceEncoding: FlameParams + camera
     result = reconstructor.decode(encoding, crops)   # FLAME mesh, face-region render, overlay (+ translator)
     result = reconstructor.reconstruct(crops)        # both
 
-``encode`` and ``decode`` are separate so that a video's parameters can be smoothed in between.
+``encode`` and ``decode`` are separate so that a video's parameters can be smoothed in between. The reconstructor
+is a :class:`facelab.reconstruction.Reconstructor`: ``facelab reconstruct --method smirk`` builds it through the
+method registry (:mod:`smirk.plugin`), ``--translator`` sets ``translate``.
 
 Frames: ``verts`` are in FLAME's model frame (metres, +y up, the face looks along +z); ``cam = [s, tx, ty]`` is the
 weak-perspective camera of :class:`facelab.render.WeakPerspectiveCamera` (``x_ndc = s (x + tx)``, ``y_ndc =
@@ -18,10 +20,9 @@ crop's top-left corner, +v down). Shapes: ``B`` batch, ``S`` crop side, ``V`` ve
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -30,55 +31,14 @@ from facelab.io.assets import require_file
 from facelab.io.weights import load_state_dict_strict, read_checkpoint
 from facelab.masks import convex_hull_mask
 from facelab.morphable import Flame
+from facelab.reconstruction import FaceEncoding, Reconstruction, region_topology
 from facelab.render import MeshRenderer, ndc_to_pixels, shape_lights
 from facelab.viz import blend
 from smirk.masking import SmirkMasker
 from smirk.module import RENDER_ALBEDO, load_encoder_checkpoint
-from smirk.networks import SmirkEncoder, SmirkEncoding, SmirkGenerator
+from smirk.networks import SmirkEncoder, SmirkGenerator
 
-__all__ = ["PARAMETER_NAMES", "MeshTopology", "SmirkCheckpoint", "SmirkReconstruction", "SmirkReconstructor",
-           "read_smirk_checkpoint", "region_topology"]
-
-#: The :class:`SmirkEncoding` fields, in the order they are written to parameter files.
-PARAMETER_NAMES = tuple(f.name for f in fields(SmirkEncoding))
-
-
-@dataclass
-class MeshTopology:
-    """The triangles (and UV layout) of a mesh, possibly a region of a larger one.
-
-    Attributes:
-        vertex_ids: (V_r,) long ids of the model's vertices this mesh uses (``verts[:, vertex_ids]``).
-        faces: (F_r, 3) long triangles indexing ``vertex_ids``' order.
-        uv: (T_r, 2) UV coordinates in [0, 1], v up; (0, 2) without UVs.
-        faces_uv: (F_r, 3) long per-corner indices into ``uv``; (0, 3) without UVs.
-    """
-
-    vertex_ids: Tensor
-    faces: Tensor
-    uv: Tensor
-    faces_uv: Tensor
-
-
-def region_topology(model: nn.Module, face_ids: Tensor | None = None) -> MeshTopology:
-    """The sub-mesh made of some faces of a morphable model, vertices and UVs re-indexed (compactly, in order).
-
-    Args:
-        model: a :class:`facelab.morphable.base.MorphableModel` (``faces``, ``uv``, ``faces_uv`` buffers).
-        face_ids: (F_r,) long indices of the faces to keep (e.g. ``model.region_faces("face")``); None: all.
-
-    Returns:
-        :class:`MeshTopology`; with ``face_ids=None`` it is the full mesh (``vertex_ids = arange(V)``).
-    """
-    faces, uv, faces_uv = model.faces.cpu(), model.uv.cpu(), model.faces_uv.cpu()
-    if face_ids is None:
-        return MeshTopology(torch.arange(model.num_verts), faces, uv, faces_uv)
-    face_ids = face_ids.cpu()
-    vertex_ids, faces_r = torch.unique(faces[face_ids], return_inverse=True)
-    if uv.numel() == 0:
-        return MeshTopology(vertex_ids, faces_r, uv, faces_uv)
-    uv_ids, faces_uv_r = torch.unique(faces_uv[face_ids], return_inverse=True)
-    return MeshTopology(vertex_ids, faces_r, uv[uv_ids], faces_uv_r)
+__all__ = ["SmirkCheckpoint", "SmirkReconstruction", "SmirkReconstructor", "read_smirk_checkpoint"]
 
 
 @dataclass
@@ -142,28 +102,28 @@ def _generator_for_state(state: dict[str, Tensor], source: Path) -> SmirkGenerat
 
 
 @dataclass
-class SmirkReconstruction:
-    """What :meth:`SmirkReconstructor.decode` returns for a batch of crops.
+class SmirkReconstruction(Reconstruction):
+    """What :meth:`SmirkReconstructor.decode` returns for a batch of crops (a
+    :class:`facelab.reconstruction.Reconstruction`).
 
     Attributes:
-        encoding: the (possibly smoothed) parameters the meshes were built from.
-        verts: (B, V, 3) FLAME vertices in the model frame (metres).
-        landmarks_px: (B, 105, 2) the predicted mediapipe-subset landmarks projected to crop pixels.
+        encoding: the (possibly smoothed) :class:`FaceEncoding` (``FlameParams``, weak-perspective camera).
+        mesh: FLAME's output: ``verts`` (B, V, 3) in the model frame (metres), ``landmarks68``, ``landmarks_mp``.
         render: (B, 3, S, S) the gray, five-light render of FLAME's face region (0 on the background).
         render_mask: (B, 1, S, S) its coverage.
         overlay: (B, 3, S, S) the render blended over the crops.
-        translated: (B, 3, S, S) the translator's reconstruction of the crops, or None.
+        extra_images: ``{"translator": (B, 3, S, S)}`` when the translator ran, else empty.
+        landmarks_px: (B, 105, 2) the predicted mediapipe-subset landmarks projected to crop pixels.
         masked_image: (B, 3, S, S) the translator's masked input, or None.
     """
 
-    encoding: SmirkEncoding
-    verts: Tensor
-    landmarks_px: Tensor
-    render: Tensor
-    render_mask: Tensor
-    overlay: Tensor
-    translated: Tensor | None = None
+    landmarks_px: Tensor | None = None
     masked_image: Tensor | None = None
+
+    @property
+    def translated(self) -> Tensor | None:
+        """(B, 3, S, S) the translator's reconstruction of the crops, or None."""
+        return self.extra_images.get("translator")
 
 
 class SmirkReconstructor(nn.Module):
@@ -179,15 +139,19 @@ class SmirkReconstructor(nn.Module):
         image_size: crop side ``S`` the encoders were trained on (the renderer's image size).
         overlay_alpha: opacity of the mesh in the overlays.
         translator_seed: seed of the translator input's sparse pixel sampling (the same crops give the same output).
+        translate: :meth:`decode` also runs the translator by default (``--translator``; needs ``generator``).
     """
 
     def __init__(self, encoder: SmirkEncoder, flame: Flame, generator: SmirkGenerator | None = None,
-                 image_size: int = 224, overlay_alpha: float = 0.6, translator_seed: int = 0) -> None:
+                 image_size: int = 224, overlay_alpha: float = 0.6, translator_seed: int = 0,
+                 translate: bool = False) -> None:
         super().__init__()
         if not flame.has_mediapipe or "face" not in flame.regions:
             raise AssetFormatError("SMIRK needs FLAME's mediapipe landmark embedding and its 'face' region mask "
-                                   "(FLAME_masks.pkl) beside the FLAME model (--flame)")
-        self.encoder, self.flame, self.generator = encoder, flame, generator
+                                   "(FLAME_masks.pkl) beside the FLAME model (--model-path)")
+        if translate and generator is None:
+            raise ValueError(_NO_TRANSLATOR.format(phase="pretraining"))
+        self.encoder, self.flame, self.generator, self.translate = encoder, flame, generator, bool(translate)
         self.image_size, self.overlay_alpha, self.translator_seed = int(image_size), overlay_alpha, translator_seed
         self.renderer = MeshRenderer.from_model(flame, region="face", image_size=self.image_size)
         # Inference-time masking: the training masker's hole and 1% guidance pixels; in eval mode it skips its
@@ -196,6 +160,9 @@ class SmirkReconstructor(nn.Module):
         self.masker.set_topology(flame.faces, flame.regions, allowed_faces=flame.region_faces("face"))
         self.head_topology = region_topology(flame)
         self.face_topology = region_topology(flame, flame.region_faces("face"))
+        #: The OBJs ``facelab reconstruct`` writes per face: the whole head (FLAME's vertex order) and the face
+        #: region SMIRK renders (re-indexed).
+        self.meshes = {"head": self.head_topology, "face": self.face_topology}
         self.checkpoint: Path | None = None  # set by from_checkpoint
         self.phase = "pretrain" if generator is None else "core"
         self.eval()
@@ -203,7 +170,8 @@ class SmirkReconstructor(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, flame_path: str | None = None, n_shape: int | None = None,
                         n_expression: int | None = None, image_size: int | None = None, load_generator: bool = True,
-                        device: str | torch.device = "cpu", config_key: str = "--ckpt") -> SmirkReconstructor:
+                        translate: bool = False, device: str | torch.device = "cpu", config_key: str = "--ckpt"
+                        ) -> SmirkReconstructor:
         """Build from a checkpoint of either phase (or a bare :class:`SmirkEncoder` state dict).
 
         Settings come from the checkpoint's ``hyper_parameters`` unless given here; ``n_shape`` / ``n_expression``
@@ -216,14 +184,17 @@ class SmirkReconstructor(nn.Module):
             n_shape, n_expression: FLAME components; None: the checkpoint's (a different value is an error).
             image_size: crop side; None: the checkpoint's.
             load_generator: also load the translator when the checkpoint has one.
+            translate: :meth:`decode` runs the translator by default (a core-phase checkpoint is needed).
             device: where the networks run.
             config_key: the option naming ``path`` (for error messages).
 
         Raises:
             MissingAssetError: no checkpoint or FLAME file. AssetFormatError: unreadable checkpoint, or weights that
-                do not fit (e.g. another ``n_expression``).
+                do not fit (e.g. another ``n_expression``). ValueError: ``translate`` without a translator.
         """
         ckpt = read_smirk_checkpoint(path, config_key)
+        if translate and (ckpt.generator_state is None or not load_generator):
+            raise ValueError(_NO_TRANSLATOR.format(phase=ckpt.phase))
         hp = ckpt.hparams
         for name, inferred, asked in (("n_shape", ckpt.n_shape, n_shape), ("n_expression", ckpt.n_expression,
                                                                            n_expression)):
@@ -240,7 +211,7 @@ class SmirkReconstructor(nn.Module):
         if load_generator and ckpt.generator_state is not None:
             generator = _generator_for_state(ckpt.generator_state, ckpt.path)
         size = int(image_size if image_size is not None else hp.get("image_size", 224))
-        model = cls(encoder, flame, generator, image_size=size)
+        model = cls(encoder, flame, generator, image_size=size, translate=translate)
         model.checkpoint, model.phase = ckpt.path, ckpt.phase
         return model.to(device)
 
@@ -252,9 +223,19 @@ class SmirkReconstructor(nn.Module):
     def has_translator(self) -> bool:
         return self.generator is not None
 
+    @property
+    def model(self) -> Flame:
+        """The morphable model (:class:`facelab.reconstruction.Reconstructor`)."""
+        return self.flame
+
+    @property
+    def uses_face_hull(self) -> bool:
+        """The translator's mask hides the crop's face hull: ``facelab reconstruct`` passes it when translating."""
+        return self.translate
+
     def settings(self) -> dict:
         """JSON-able description of the model (written beside the parameters)."""
-        return {"method": "smirk", "checkpoint": str(self.checkpoint or ""),
+        return {"method": "smirk", "family": "flame", "checkpoint": str(self.checkpoint or ""),
                 "phase": self.phase, "n_shape": self.flame.n_shape,
                 "n_expression": self.flame.n_expression, "image_size": self.image_size,
                 "flame_units": self.flame.units}
@@ -265,88 +246,85 @@ class SmirkReconstructor(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ encoding
     @torch.inference_mode()
-    def encode(self, crops: Tensor) -> SmirkEncoding:
+    def encode(self, crops: Tensor) -> FaceEncoding:
         """SMIRK's parameters of face crops.
 
         Args:
             crops: (B, 3, S, S) RGB in [0, 1] (SMIRK's crop, ``S = image_size``).
 
         Returns:
-            :class:`SmirkEncoding` with (B, ...) fields.
+            :class:`FaceEncoding`: ``FlameParams`` (identity, expression, global/jaw pose, eyelids; neck and eye
+            poses None, as in SMIRK) and the weak-perspective camera of the predicted ``cam``.
         """
         self._check_crops(crops)
-        return self.encoder(crops.to(self.device, self.flame.v_template.dtype))
-
-    @staticmethod
-    def to_arrays(encoding: SmirkEncoding) -> dict[str, np.ndarray]:
-        """The encoding as float32 arrays, name -> (B, D) (:data:`PARAMETER_NAMES`)."""
-        return {name: getattr(encoding, name).detach().float().cpu().numpy() for name in PARAMETER_NAMES}
-
-    def from_arrays(self, arrays: dict[str, np.ndarray]) -> SmirkEncoding:
-        """Inverse of :meth:`to_arrays` (e.g. after smoothing a sequence), on this model's device."""
-        dtype = self.flame.v_template.dtype
-        return SmirkEncoding(**{n: torch.as_tensor(np.asarray(arrays[n]), device=self.device, dtype=dtype)
-                                for n in PARAMETER_NAMES})
+        encoding = self.encoder(crops.to(self.device, self.flame.v_template.dtype))
+        return FaceEncoding(params=encoding.flame_params(), camera=encoding.camera())
 
     # ------------------------------------------------------------------------------------------------ decoding
     @torch.inference_mode()
-    def decode(self, encoding: SmirkEncoding, crops: Tensor, hull_mask: Tensor | None = None,
-               translate: bool = False) -> SmirkReconstruction:
+    def decode(self, encoding: FaceEncoding, crops: Tensor, face_hull: Tensor | None = None,
+               translate: bool | None = None) -> SmirkReconstruction:
         """FLAME meshes, renders and overlays of an encoding (and the translator's reconstruction).
 
         Args:
             encoding: (B, ...) parameters, e.g. from :meth:`encode` (possibly smoothed).
             crops: (B, 3, S, S) the crops in [0, 1] (overlay background, translator input).
-            hull_mask: (B, 1, S, S) the face hull of each crop (convex hull of its 478 mediapipe landmarks, SMIRK's
+            face_hull: (B, 1, S, S) the face hull of each crop (convex hull of its 478 mediapipe landmarks, SMIRK's
                 hole for the translator); None, or an all-zero row where a crop has no landmarks: the hull of the
                 predicted landmarks is used instead.
-            translate: run the translator (needs a core-phase checkpoint).
+            translate: run the translator (needs a core-phase checkpoint); None: :attr:`translate`.
 
         Returns:
             :class:`SmirkReconstruction`.
         """
         self._check_crops(crops)
+        translate = self.translate if translate is None else translate
         if translate and self.generator is None:
             raise ValueError("the translator needs a core-phase SMIRK checkpoint (generator.* weights); this one is "
                              f"a {self.phase} checkpoint")
         crops = crops.to(self.device, self.flame.v_template.dtype)
-        mesh = self.flame(encoding.flame_params())
-        camera = encoding.camera()
+        mesh = self.flame(encoding.params)
+        camera = encoding.camera
         lights = shape_lights(device=crops.device, dtype=crops.dtype)
         render = self.renderer(mesh.verts, camera, albedo=RENDER_ALBEDO, lights=lights)
         image = render.image.clamp(0, 1)
         landmarks_px = ndc_to_pixels(camera.project(mesh.landmarks_mp), self.image_size)
-        result = SmirkReconstruction(encoding=encoding, verts=mesh.verts, landmarks_px=landmarks_px, render=image,
-                                     render_mask=render.mask, overlay=blend(crops, image, render.mask,
-                                                                            self.overlay_alpha))
+        result = SmirkReconstruction(encoding=encoding, mesh=mesh, render=image, render_mask=render.mask,
+                                     overlay=blend(crops, image, render.mask, self.overlay_alpha),
+                                     landmarks_px=landmarks_px)
         if translate:
-            hull = self._hull(hull_mask, landmarks_px)
+            hull = self._hull(face_hull, landmarks_px)
             generator = torch.Generator(device=crops.device).manual_seed(self.translator_seed)
             verts_px = ndc_to_pixels(render.verts_ndc, self.image_size)
             masked = self.masker(crops, None, render.mask, verts_px, self.flame.faces, hull_mask=hull,
                                  generator=generator)
             result.masked_image = masked.masked_image
-            result.translated = self.generator(render.image, masked.masked_image)
+            result.extra_images["translator"] = self.generator(render.image, masked.masked_image)
         return result
 
-    def reconstruct(self, crops: Tensor, hull_mask: Tensor | None = None, translate: bool = False
+    def reconstruct(self, crops: Tensor, face_hull: Tensor | None = None, translate: bool | None = None
                     ) -> SmirkReconstruction:
         """:meth:`encode` then :meth:`decode` of (B, 3, S, S) crops in [0, 1]."""
-        return self.decode(self.encode(crops), crops, hull_mask=hull_mask, translate=translate)
+        return self.decode(self.encode(crops), crops, face_hull=face_hull, translate=translate)
 
-    def _hull(self, hull_mask: Tensor | None, landmarks_px: Tensor) -> Tensor:
+    def _hull(self, face_hull: Tensor | None, landmarks_px: Tensor) -> Tensor:
         """(B, 1, S, S): the given hulls, the predicted landmarks' hull where none is given."""
         predicted = convex_hull_mask(landmarks_px, (self.image_size, self.image_size)).to(landmarks_px.dtype)
-        if hull_mask is None:
+        if face_hull is None:
             return predicted
-        hull_mask = hull_mask.to(predicted)
-        missing = hull_mask.flatten(1).amax(1) <= 0
-        return torch.where(missing[:, None, None, None], predicted, hull_mask)
+        face_hull = face_hull.to(predicted)
+        missing = face_hull.flatten(1).amax(1) <= 0
+        return torch.where(missing[:, None, None, None], predicted, face_hull)
 
     def _check_crops(self, crops: Tensor) -> None:
         s = self.image_size
         if crops.dim() != 4 or crops.shape[1:] != (3, s, s):
             raise ValueError(f"expected crops (B, 3, {s}, {s}) in [0, 1], got {tuple(crops.shape)}")
+
+
+#: ``--translator`` (``translate=True``) without the translator's weights.
+_NO_TRANSLATOR = ("--translator needs a checkpoint with the translator (SMIRK: a core-phase checkpoint, generator.* "
+                  "weights); this is a {phase} checkpoint")
 
 
 def _build_flame(flame_path: str | None, trained_with: str, n_shape: int, n_expression: int) -> Flame:
@@ -356,5 +334,6 @@ def _build_flame(flame_path: str | None, trained_with: str, n_shape: int, n_expr
         return Flame(path, n_shape=n_shape, n_expression=n_expression)
     except MissingAssetError as err:
         hint = ("" if flame_path is not None else
-                f"\n  the checkpoint was trained with flame_path={trained_with!r}; pass --flame PATH to use another")
+                f"\n  the checkpoint was trained with flame_path={trained_with!r}; pass --model-path PATH to use "
+                "another")
         raise MissingAssetError(f"{err}{hint}") from err

@@ -1,6 +1,7 @@
-"""``facelab reconstruct`` with SMIRK: checkpoints of both phases load (``weights_only=True``); images and videos go
-through detection, cropping, the encoders, FLAME, the renderer and the translator into OBJ/npz/json/png/mp4 files;
-bad inputs are reported and skipped; configuration errors are one clear line with exit code 2.
+"""``facelab reconstruct`` with SMIRK (through the method registry): checkpoints of both phases load
+(``weights_only=True``); images and videos go through detection, cropping, the encoders, FLAME, the renderer and
+the translator into OBJ/npz/json/png/mp4 files; bad inputs are reported and skipped; configuration errors are one
+clear line with exit code 2.
 
 Most tests inject a stub detector (MTCNN rarely finds the synthetic renders' faces); one runs the whole command
 with the real MTCNN and mediapipe on a real photo (scikit-image's astronaut)."""
@@ -24,7 +25,9 @@ from facelab.data.synthetic import SyntheticFaceDataset, SyntheticFaceSample
 from facelab.data.video import probe_video
 from facelab.errors import AssetFormatError, MissingAssetError
 from facelab.io.obj import read_obj
-from smirk.inference import SmirkReconstructor, region_topology
+from facelab.morphable import FlameParams
+from facelab.reconstruction import Reconstructor, encoding_from_arrays, encoding_to_arrays, region_topology
+from smirk.inference import SmirkReconstructor
 from smirk.module import SmirkModule
 from smirk.networks import SmirkGenerator
 
@@ -64,7 +67,7 @@ def checkpoints(tmp_path_factory, samples) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def core(checkpoints) -> SmirkReconstructor:
-    return SmirkReconstructor.from_checkpoint(checkpoints["core"])
+    return SmirkReconstructor.from_checkpoint(checkpoints["core"], translate=True)
 
 
 def face_box(sample: SyntheticFaceSample, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
@@ -104,6 +107,7 @@ def test_both_phases_and_bare_encoder_load_weights_only(checkpoints, core):
         model = SmirkReconstructor.from_checkpoint(checkpoints[name], image_size=SIZE)
         assert (model.phase, model.has_translator, model.flame.n_expression) == (phase, translator, N_EXP)
     assert (core.phase, core.has_translator, core.image_size) == ("core", True, SIZE)
+    assert isinstance(core, Reconstructor) and core.model is core.flame and set(core.meshes) == {"head", "face"}
     assert not core.training and not core.encoder.training and not core.generator.training
     raw = torch.load(checkpoints["core"], weights_only=True)  # no arbitrary unpickling needed
     for prefix, module in (("encoder.", core.encoder), ("generator.", core.generator)):
@@ -144,12 +148,15 @@ def test_missing_and_unreadable_checkpoints_name_the_flag(checkpoints, tmp_path,
     assert "weights_only=True" in capsys.readouterr().err
     assert main([*args, "--ckpt", str(checkpoints["pretrain"]), "--translator"]) == 2
     assert "--translator needs a checkpoint with the translator" in capsys.readouterr().err
+    assert main([*args, "--ckpt", str(checkpoints["core"]), "--translater"]) == 2  # a typo of a method option
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --translater" in err and "--translator" in err
     assert not (tmp_path / "out").exists()
     raw = torch.load(checkpoints["pretrain"], weights_only=True)
     raw["hyper_parameters"]["flame_path"] = str(tmp_path / "cluster" / "generic_model.pkl")
     moved = tmp_path / "moved.ckpt"
     torch.save(raw, moved)
-    with pytest.raises(MissingAssetError, match="pass --flame PATH"):
+    with pytest.raises(MissingAssetError, match="pass --model-path PATH"):
         SmirkReconstructor.from_checkpoint(moved)
     assert SmirkReconstructor.from_checkpoint(moved, flame_path="synthetic").flame.n_expression == N_EXP
 
@@ -173,16 +180,19 @@ def test_decode_is_deterministic_and_falls_back_to_predicted_landmarks(core, sam
     crops = torch.stack([s.image for s in samples[:2]])
     hull = torch.zeros(2, 1, SIZE, SIZE)
     hull[0, :, 10:50, 12:52] = 1  # face 0 has a landmark hull, face 1 none (all zero)
-    first = core.reconstruct(crops, hull_mask=hull, translate=True)
-    second = core.reconstruct(crops, hull_mask=hull, translate=True)
+    first = core.reconstruct(crops, face_hull=hull)
+    second = core.reconstruct(crops, face_hull=hull)
     torch.testing.assert_close(first.translated, second.translated)
     torch.testing.assert_close(first.masked_image, second.masked_image)
     assert first.translated.shape == (2, 3, SIZE, SIZE) and first.overlay.shape == (2, 3, SIZE, SIZE)
+    assert set(first.extra_images) == {"translator"} and not core.reconstruct(crops, translate=False).extra_images
     hole = (first.masked_image == 0).all(1)  # the hull (dilated by 10 px) is hidden, plus the render
     assert hole[0, 30, 30] and hole[1].any() and not hole.all()
     pretrain_like = SmirkReconstructor(core.encoder, core.flame, None, image_size=SIZE)
     with pytest.raises(ValueError, match="core-phase"):
         pretrain_like.reconstruct(crops, translate=True)
+    with pytest.raises(ValueError, match="--translator needs"):
+        SmirkReconstructor(core.encoder, core.flame, None, image_size=SIZE, translate=True)
     with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\)"):
         core.encode(crops[:, :, :32])
 
@@ -211,7 +221,7 @@ def test_images_write_meshes_params_and_overlays(core, samples, tmp_path):
     Image.fromarray(canvas).save(inputs / "two.png")
     boxes = [face_box(samples[1]) / 2 + np.array([IMAGE, 0, IMAGE, 0], np.float32), face_box(samples[0])]
     out = tmp_path / "out"
-    options = ReconstructOptions(translator=True, batch_size=1)  # one face per network call
+    options = ReconstructOptions(batch_size=1)  # one face per network call
     report = run_reconstruct([inputs], out, core, options, cropper_for(boxes, core))
     assert report["faces"] == 2 and not report["skipped"]
     names = {p.name for p in out.iterdir()}
@@ -232,19 +242,26 @@ def test_images_write_meshes_params_and_overlays(core, samples, tmp_path):
 
     params = np.load(out / "two_face0_params.npz")
     doc = json.loads((out / "two_face0_params.json").read_text())
-    for key in ("shape", "expression", "jaw_pose", "eyelids", "global_pose", "cam", "crop_matrix", "box"):
+    # the FlameParams fields SMIRK predicts (neck and eye poses are None, so not written) and the camera's fields
+    keys = ("identity", "expression", "jaw_pose", "eyelids", "global_pose", "camera_scale", "camera_translation")
+    assert set(keys) <= set(params) and "neck_pose" not in params and "eye_pose" not in params
+    for key in (*keys, "crop_matrix", "box"):
         np.testing.assert_allclose(params[key], np.asarray(doc[key]), rtol=1e-6)
+    assert "Weak perspective" in doc["conventions"] and doc["method"] == "smirk" and doc["family"] == "flame"
     assert params["expression"].shape == (N_EXP,) and doc["face"] == 0 and doc["crop_method"] == "box"
     np.testing.assert_allclose(params["box"], boxes[1], atol=1e-4)  # face0 is the larger face
     back = params["crop_to_image"] @ np.append(params["crop_matrix"] @ [10.0, 20.0, 1.0], 1.0)
     np.testing.assert_allclose(back, [10.0, 20.0], atol=1e-6)
 
-    # the parameters rebuild the written mesh
-    encoding = core.from_arrays({k: params[k][None] for k in ("shape", "expression", "eyelids", "jaw_pose",
-                                                                "global_pose", "cam")})
+    # the parameters rebuild the written mesh, and the arrays round-trip through the encoding
+    like = core.encode(torch.stack([samples[0].image]))
+    encoding = encoding_from_arrays({k: params[k][None] for k in keys}, like)
+    assert isinstance(encoding.params, FlameParams) and encoding.camera.depth_offset == like.camera.depth_offset
     with torch.no_grad():
-        verts = core.flame(encoding.flame_params()).verts[0].numpy()
+        verts = core.flame(encoding.params).verts[0].numpy()
     np.testing.assert_allclose(head.verts, verts, atol=1e-6)
+    again = encoding_to_arrays(encoding)
+    assert set(again) == set(keys) and all(np.array_equal(again[k][0], params[k]) for k in keys)
 
 
 def test_bad_files_and_faceless_images_are_skipped(core, samples, tmp_path, capsys):
@@ -263,10 +280,12 @@ def test_bad_files_and_faceless_images_are_skipped(core, samples, tmp_path, caps
     assert reasons["gray.png"] == "no_face" and reasons["broken.jpg"] in ("corrupt", "not_an_image")
     assert "no face found in" in err and "gray.png" in err and "broken.jpg" in err
     assert json.loads((tmp_path / "out" / "report.json").read_text())["faces"] == 1
-    with pytest.raises(ValueError, match="--translator needs"):
-        pretrain_like = SmirkReconstructor(core.encoder, core.flame, None, image_size=SIZE)
-        run_reconstruct([inputs], tmp_path / "out2", pretrain_like, ReconstructOptions(translator=True),
-                        cropper_for([box], core))
+    pretrain_like = SmirkReconstructor(core.encoder, core.flame, None, image_size=SIZE)  # no translator outputs
+    plain = run_reconstruct([inputs / "face.png"], tmp_path / "out2", pretrain_like, ReconstructOptions(),
+                            cropper_for([box], core))
+    assert [Path(o).name for o in plain["reconstructed"][0]["outputs"]] == [
+        "face_face0_head.obj", "face_face0_face.obj", "face_face0_params.npz", "face_face0_params.json",
+        "face_face0_overlay.png", "face_overlay.png"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -295,16 +314,17 @@ def test_video_sequence_overlay_and_smoothing(core, samples, tmp_path):
     rng = np.random.default_rng(1)
     box = face_box(samples[0])
     jitter = lambda image: [box + rng.normal(0, 2.0, 4).astype(np.float32)]  # noqa: E731 - a noisy detector
-    raw = run_reconstruct([video], tmp_path / "raw", core, ReconstructOptions(batch_size=4, translator=True,
-                                                                              save_meshes=True),
+    raw = run_reconstruct([video], tmp_path / "raw", core, ReconstructOptions(batch_size=4, save_meshes=True),
                           cropper_for(jitter, core))
-    smooth = run_reconstruct([video], tmp_path / "smooth", core, ReconstructOptions(batch_size=4, smooth=5),
+    plain = SmirkReconstructor(core.encoder, core.flame, core.generator, image_size=SIZE)  # translate=False
+    smooth = run_reconstruct([video], tmp_path / "smooth", plain, ReconstructOptions(batch_size=4, smooth=5),
                              cropper_for(jitter, core))
     assert raw["faces"] == smooth["faces"] == frames
     for out in (tmp_path / "raw", tmp_path / "smooth"):
         info = probe_video(out / "clip_overlay.mp4")
         assert (info.num_frames, info.width, info.height) == (frames, IMAGE, IMAGE)
     assert probe_video(tmp_path / "raw" / "clip_translator.mp4").num_frames == frames
+    assert not (tmp_path / "smooth" / "clip_translator.mp4").exists()
     assert read_obj(tmp_path / "raw" / "clip_frame000006_face.obj").faces.shape == core.face_topology.faces.shape
     seq_raw = np.load(tmp_path / "raw" / "clip_params.npz")
     seq_smooth = np.load(tmp_path / "smooth" / "clip_params.npz")
@@ -313,7 +333,8 @@ def test_video_sequence_overlay_and_smoothing(core, samples, tmp_path):
     assert float(seq_raw["fps"]) == pytest.approx(10.0, rel=1e-3) and int(seq_smooth["smooth_window"]) == 5
 
     def roughness(seq) -> float:
-        return float(np.mean([np.diff(seq[k], axis=0).var() for k in ("expression", "global_pose", "cam", "shape")]))
+        keys = ("expression", "global_pose", "camera_scale", "camera_translation", "identity")
+        return float(np.mean([np.diff(seq[k], axis=0).var() for k in keys]))
 
     assert roughness(seq_smooth) < 0.5 * roughness(seq_raw)
 

@@ -1,32 +1,38 @@
-"""``facelab reconstruct --method smirk --ckpt CKPT --input PATH [...] --out DIR``: 3D faces of images and videos.
+"""``facelab reconstruct --method NAME --ckpt CKPT --input PATH [...] --out DIR``: 3D faces of images and videos.
 
-Every face of every image (folders are scanned recursively) is detected (MTCNN), cropped as in training
-(SMIRK: the bounding box of mediapipe's 478 landmarks, side ``mean(w, h) * --scale``; the MTCNN box when mediapipe
-is unavailable or finds no mesh, or with ``--crop box``) and reconstructed. Faces are numbered by decreasing size
-(``face0`` is the largest). Written to ``--out`` per face, with ``NAME = <stem>_face<k>``:
+Methods plug in through :mod:`facelab.methods` (``--method`` names an installed one; an unknown name lists them);
+a method's own options follow the common ones (``facelab methods NAME`` lists them). Every face of every image
+(folders are scanned recursively) is detected (MTCNN), cropped the way the method was trained (``--crop
+landmarks``: the bounding box of mediapipe's 478 landmarks, side ``mean(w, h) * --scale``; the MTCNN box when
+mediapipe is unavailable or finds no mesh, or with ``--crop box``) and reconstructed. Faces are numbered by
+decreasing size (``face0`` is the largest). Written to ``--out`` per face, with ``NAME = <stem>_face<k>``:
 
-* ``NAME_head.obj``: the full FLAME head with UVs (FLAME's vertex order: vertex ``i`` is FLAME vertex ``i``);
-* ``NAME_face.obj``: FLAME's face region only (the part SMIRK renders), vertices and UVs re-indexed;
-* ``NAME_params.npz`` / ``NAME_params.json``: the parameters (shape, expression, jaw_pose, eyelids, global_pose,
-  cam) and the crop (``crop_matrix`` maps image pixels to crop pixels, ``crop_to_image`` back; ``box``, ``score``);
-* ``NAME_overlay.png``: the rendered face over the crop; ``NAME_translator.png`` with ``--translator``;
+* ``NAME_<mesh>.obj`` for each mesh the method declares (:attr:`Reconstructor.meshes`; e.g. ``head`` for the whole
+  model in its vertex order and ``face`` for a region, vertices and UVs re-indexed), with UVs where the model has
+  them;
+* ``NAME_params.npz`` / ``NAME_params.json``: the model's parameters, one array per field of its params dataclass
+  (``identity``, ``expression``, the family's poses...), the camera's fields as ``camera_<field>``, the crop
+  (``crop_matrix`` maps image pixels to crop pixels, ``crop_to_image`` back; ``box``, ``score``) and a
+  ``conventions`` text saying how to map them back to the image;
+* ``NAME_overlay.png``: the rendered face over the crop; ``NAME_<image>.png`` for each extra image the method
+  returns (:attr:`Reconstruction.extra_images`, such as SMIRK's translator output);
 
 and per image ``<stem>_overlay.png``: every face's render pasted back into the full image. Per video (the largest
 face of the first frame, followed by box overlap; frames where it is lost take the largest face again):
 ``<stem>_overlay.mp4`` (every processed frame, faces overlaid), ``<stem>_params.npz`` / ``.json`` with (T, ...)
-arrays, the frame indices and fps (``<stem>_translator.mp4`` with ``--translator``, per-frame OBJs with
+arrays, the frame indices and fps (``<stem>_<image>.mp4`` for the extra images, per-frame OBJs with
 ``--save-meshes``). ``--smooth N`` averages the parameters and the crop matrices over a centred window of N
 processed frames before meshes and overlays are made (see :func:`smooth_sequence`).
 
 Bad inputs never stop a run: unreadable files and images without a face are reported (``no face found in X``),
 skipped and listed in ``OUT/report.json``. Exit code: 0 when at least one face was reconstructed, 1 when nothing was
-(every input skipped), 2 for errors that stop the run (missing or unreadable checkpoint or FLAME, bad options).
+(every input skipped), 2 for errors that stop the run (unknown method, missing or unreadable checkpoint or model,
+bad options).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import json
 import os
@@ -34,7 +40,6 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -55,43 +60,21 @@ from facelab.data.crop import (
 from facelab.data.image_io import DataError, read_image
 from facelab.data.video import iter_frames, probe_video
 from facelab.masks import convex_hull_mask
+from facelab.methods import Method, parse_method_options, resolve_method
+from facelab.reconstruction import (
+    FaceEncoding,
+    Reconstruction,
+    Reconstructor,
+    describe_conventions,
+    encoding_from_arrays,
+    encoding_to_arrays,
+)
 
-__all__ = ["METHODS", "FaceCrop", "FaceCropper", "ReconstructOptions", "Reconstructor", "add_parser",
-           "load_reconstructor", "run_reconstruct", "smooth_sequence"]
-
-#: ``--method`` name -> ``"module:Class"`` of its reconstructor (imported only when chosen: ``src`` never imports
-#: ``models`` at import time). The class provides ``from_checkpoint`` and the :class:`Reconstructor` interface.
-METHODS: dict[str, str] = {"smirk": "smirk.inference:SmirkReconstructor"}
+__all__ = ["FaceCrop", "FaceCropper", "ReconstructOptions", "Reconstructor", "add_parser", "load_reconstructor",
+           "run_reconstruct", "smooth_sequence"]
 
 #: Faces whose detection box overlaps the previous frame's by at least this IoU continue a video's track.
 TRACK_MIN_IOU = 0.3
-
-
-class Reconstructor(Protocol):
-    """What ``facelab reconstruct`` needs from a method (see :class:`smirk.inference.SmirkReconstructor`).
-
-    ``encode`` (B, 3, S, S) crops in [0, 1] -> an encoding; ``to_arrays`` / ``from_arrays`` convert it to and from
-    ``name -> (B, D)`` float arrays (written to the parameter files, smoothed for video); ``decode(encoding, crops,
-    hull_mask, translate)`` returns an object with ``verts`` (B, V, 3), ``render`` / ``overlay`` (B, 3, S, S),
-    ``render_mask`` (B, 1, S, S) and ``translated`` (B, 3, S, S) or None. ``head_topology`` / ``face_topology`` have
-    ``vertex_ids``, ``faces``, ``uv`` and ``faces_uv``.
-    """
-
-    image_size: int
-    has_translator: bool
-    head_topology: Any
-    face_topology: Any
-
-    def encode(self, crops: torch.Tensor) -> Any: ...
-
-    def decode(self, encoding: Any, crops: torch.Tensor, hull_mask: torch.Tensor | None = None,
-               translate: bool = False) -> Any: ...
-
-    def to_arrays(self, encoding: Any) -> dict[str, np.ndarray]: ...
-
-    def from_arrays(self, arrays: dict[str, np.ndarray]) -> Any: ...
-
-    def settings(self) -> dict: ...
 
 
 @dataclass
@@ -100,13 +83,13 @@ class ReconstructOptions:
 
     Attributes:
         batch_size: crops per network call.
-        translator: also write the translator's reconstruction (SMIRK: core-phase checkpoints).
         smooth: video: centred moving-average window in processed frames (0 or 1: off).
         max_faces: images: reconstruct at most this many faces, the largest (None: all).
         min_face: ignore faces whose MTCNN box is smaller (mean side, px).
         min_score: MTCNN detection threshold.
-        scale: crop side relative to the face size (SMIRK: 1.6).
-        crop: ``"landmarks"`` (SMIRK's crop from mediapipe's landmarks; falls back to the box per face) or ``"box"``.
+        scale: crop side relative to the face size (the method's, e.g. 1.6).
+        crop: ``"landmarks"`` (the bounding box of mediapipe's landmarks; falls back to the detection box per face)
+            or ``"box"``.
         every_nth_frame: video frame sub-sampling.
         max_frames: at most this many processed frames per video (None: all).
         save_meshes: video: also write the OBJs of every processed frame.
@@ -114,7 +97,6 @@ class ReconstructOptions:
     """
 
     batch_size: int = 16
-    translator: bool = False
     smooth: int = 0
     max_faces: int | None = None
     min_face: int = 32
@@ -141,9 +123,9 @@ class FaceCrop:
         matrix: (2, 3) float64 similarity mapping image pixels to crop pixels (:mod:`facelab.data.crop`).
         box: (4,) float32 MTCNN box ``[u0, v0, u1, v1]`` in image pixels.
         score: detection probability.
-        landmarks: (478, 2) float32 mediapipe landmarks in crop pixels (their convex hull is SMIRK's face hole for
-            the translator), or None (box crops).
-        method: ``"landmarks"`` (SMIRK's crop) or ``"box"`` (from the detection box).
+        landmarks: (478, 2) float32 mediapipe landmarks in crop pixels (their convex hull is the face hull some
+            methods use), or None (box crops).
+        method: ``"landmarks"`` (from the landmarks' bounding box) or ``"box"`` (from the detection box).
     """
 
     image: np.ndarray
@@ -162,7 +144,7 @@ class FaceCropper:
         size: crop side ``S``.
         scale: crop side relative to the face size.
         landmarker: ``image -> (478, 2) pixels or None`` (:class:`facelab.data.landmarks.MediapipeFaceMesh`) for
-            SMIRK's landmark crop; None: crops from the detection boxes (MTCNN's box and mediapipe's landmark box
+            the landmark crop; None: crops from the detection boxes (MTCNN's box and mediapipe's landmark box
             have about the same size, the box is centred a little higher).
         min_face: smaller faces (mean box side, px) are ignored.
     """
@@ -251,32 +233,42 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_reconstructor(method: str, ckpt: str, flame: str | None = None, device: str = "cpu") -> Reconstructor:
-    """Build the ``method``'s reconstructor from a checkpoint (see :data:`METHODS`).
+def load_reconstructor(method: str | Method | None, ckpt: str, model_path: str | None = None, device: str = "cpu",
+                       method_options: list[str] | argparse.Namespace | None = None) -> Reconstructor:
+    """Build an installed method's reconstructor from a checkpoint (:mod:`facelab.methods`).
+
+    Args:
+        method: the method's name, the :class:`~facelab.methods.Method` itself, or None for the only installed
+            method with ``facelab reconstruct`` support.
+        ckpt: its checkpoint.
+        model_path: the morphable model asset (``--model-path``); None: the one the checkpoint was trained with.
+        device: where it runs.
+        method_options: the method's own options, as command-line words or already parsed; None: its defaults.
 
     Raises:
-        ValueError: unknown method. MissingAssetError / AssetFormatError: from the method's checkpoint loading.
+        UnknownMethodError: unknown method (the message lists the installed ones) or one without reconstruction.
+        MissingAssetError / AssetFormatError / ValueError: from the method's checkpoint loading.
     """
-    if method not in METHODS:
-        raise ValueError(f"--method {method}: unknown, choose from {sorted(METHODS)}")
-    module_name, class_name = METHODS[method].split(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except ImportError as err:
-        raise ImportError(f"--method {method} needs the '{module_name}' package of the facelab repository "
-                          f"(models/{module_name}; `make install` installs it): {err}") from err
-    return cls.from_checkpoint(ckpt, flame_path=flame, device=device, config_key="--ckpt")
+    entry_method = method if isinstance(method, Method) else resolve_method(method, "reconstruct")
+    entry = entry_method.reconstruct
+    if entry is None:
+        raise ValueError(f"--method {entry_method.name}: it has no `facelab reconstruct` support")
+    if not isinstance(method_options, argparse.Namespace):
+        method_options = parse_method_options(entry_method, "reconstruct", entry.add_arguments,
+                                              list(method_options or []))
+    return entry.from_checkpoint(ckpt, model_path=model_path, device=device, options=method_options,
+                                 config_key="--ckpt")
 
 
 def smooth_sequence(values: np.ndarray, window: int) -> np.ndarray:
     """Centred moving average along the first (time) axis; the window shrinks at the ends.
 
-    Used on SMIRK's parameters (shape, expression, eyelids, jaw and head pose, camera) and the crop matrices. Every
-    output is a convex combination of nearby frames, so box constraints (eyelids in [0, 1], the jaw's clamps) still
-    hold. Poses are axis-angle vectors: averaging them is a good approximation of rotation averaging for the small
-    rotation differences within a short window (not across the +-pi wrap-around, which faces do not reach).
-    Crop matrices are similarities ``[[a, b, tu], [-b, a, tv]]``; their average is again one, and smoothing them
-    with the camera keeps each camera consistent with its crop.
+    Used on the parameters (identity, expression, poses, camera: every array of :func:`encoding_to_arrays`) and
+    the crop matrices. Every output is a convex combination of nearby frames, so box constraints (e.g. eyelids or
+    blendshape weights in [0, 1], a jaw's clamps) still hold. Poses are axis-angle vectors: averaging them is a good
+    approximation of rotation averaging for the small rotation differences within a short window (not across the
+    +-pi wrap-around, which faces do not reach). Crop matrices are similarities ``[[a, b, tu], [-b, a, tv]]``; their
+    average is again one, and smoothing them with the camera keeps each camera consistent with its crop.
 
     Args:
         values: (T, ...) per-frame values.
@@ -340,29 +332,32 @@ def composite_overlays(image: np.ndarray, renders: torch.Tensor, masks: torch.Te
     return _uint8(out)
 
 
-def _write_meshes(out: Path, name: str, verts: np.ndarray, reconstructor: Reconstructor) -> None:
-    """``name_head.obj`` (full head, FLAME vertex order) and ``name_face.obj`` (face region) with UVs."""
+def _write_meshes(out: Path, name: str, verts: np.ndarray, reconstructor: Reconstructor) -> list[str]:
+    """``name_<mesh>.obj`` for each of the method's meshes (with UVs where the model has them). Returns the names."""
     from facelab.io.obj import write_obj
 
-    for suffix, topo in (("head", reconstructor.head_topology), ("face", reconstructor.face_topology)):
+    written = []
+    for suffix, topo in reconstructor.meshes.items():
         uv = topo.uv.numpy() if topo.uv.numel() else None
         write_obj(out / f"{name}_{suffix}.obj", verts[topo.vertex_ids.numpy()], topo.faces.numpy(), uv,
                   topo.faces_uv.numpy() if uv is not None else None)
+        written.append(f"{name}_{suffix}.obj")
+    return written
 
 
 def _write_params(out: Path, name: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """``name_params.npz`` (arrays and scalar metadata) and ``name_params.json`` (the same, as lists)."""
+    clash = set(arrays) & set(meta)
+    if clash:
+        raise ValueError(f"parameter arrays {sorted(clash)} collide with the metadata keys of {name}_params")
     np.savez(out / f"{name}_params.npz", **arrays,
              **{k: np.asarray(v) for k, v in meta.items() if isinstance(v, (int, float, str))})
     doc = {**meta, **{k: np.asarray(v).tolist() for k, v in arrays.items()}}
     (out / f"{name}_params.json").write_text(json.dumps(doc, indent=1))
 
 
-#: Written into every parameter file: how to map the reconstruction back to the image.
-CONVENTIONS = ("verts: FLAME model frame (metres, +y up, face along +z). cam = [s, tx, ty]: x_ndc = s*(x + tx), "
-               "y_ndc = s*(y + ty), NDC spans the crop with +y up; crop pixel u = (x_ndc + 1) * S/2, "
-               "v = (1 - y_ndc) * S/2 (origin at the crop's top-left corner); image pixel = crop_to_image @ [u, v, 1]"
-               " (crop_matrix is its inverse). Poses are axis-angle.")
+def _conventions(reconstructor: Reconstructor, encoding: FaceEncoding) -> str:
+    return describe_conventions(encoding, str(getattr(reconstructor.model, "units", "model units")))
 
 
 def _crop_arrays(crops: list[FaceCrop]) -> dict[str, np.ndarray]:
@@ -372,8 +367,8 @@ def _crop_arrays(crops: list[FaceCrop]) -> dict[str, np.ndarray]:
 
 
 def _hull_batch(crops: list[FaceCrop], size: int, device, needed: bool = True) -> torch.Tensor | None:
-    """(N, 1, S, S) convex hulls of the crops' mediapipe landmarks (SMIRK's face hole); all-zero rows for box crops
-    (the method then uses its own predicted landmarks). None when not ``needed`` (no translator)."""
+    """(N, 1, S, S) convex hulls of the crops' mediapipe landmarks (the face hull); all-zero rows for box crops
+    (the method then uses its own estimate). None when not ``needed`` (the method does not use it)."""
     if not needed:
         return None
     hulls = torch.zeros(len(crops), 1, size, size, device=device)
@@ -422,8 +417,8 @@ def run_reconstruct(inputs: list[str | os.PathLike], out: str | os.PathLike, rec
         (input, reason, detail) lists, ``faces``.
 
     Raises:
-        FileNotFoundError: an input does not exist. ValueError: no images or videos found, bad output folder, or
-            ``options.translator`` with a method/checkpoint without one.
+        FileNotFoundError: an input does not exist. ValueError: no images or videos found, or a bad output
+            folder.
     """
     from tqdm import tqdm
 
@@ -431,7 +426,6 @@ def run_reconstruct(inputs: list[str | os.PathLike], out: str | os.PathLike, rec
     images, videos = collect_inputs(inputs)
     if not images and not videos:
         raise ValueError(f"--input {' '.join(map(str, inputs))}: no images or videos found")
-    check_translator(reconstructor, options)
     out_path.mkdir(parents=True, exist_ok=True)
     names = {**_output_names(images), **_output_names(videos)}  # image and video outputs never share a name
     work = [(path, _reconstruct_image) for path in images] + [(path, _reconstruct_video) for path in videos]
@@ -450,13 +444,6 @@ def run_reconstruct(inputs: list[str | os.PathLike], out: str | os.PathLike, rec
               "reconstructed": report.reconstructed, "skipped": report.skipped}
     (out_path / "report.json").write_text(json.dumps(result, indent=1))
     return result
-
-
-def check_translator(reconstructor: Reconstructor, options: ReconstructOptions) -> None:
-    """Refuse ``--translator`` for a checkpoint without one (before any input is processed)."""
-    if options.translator and not reconstructor.has_translator:
-        raise ValueError("--translator needs a checkpoint with the translator (SMIRK: a core-phase checkpoint, "
-                         "generator.* weights); this is a pretraining checkpoint")
 
 
 def _output_names(paths: list[Path]) -> dict[Path, str]:
@@ -491,23 +478,24 @@ def _reconstruct_image(path: Path, stem: str, out: Path, reconstructor: Reconstr
     for first, batch in zip(range(0, len(crops), options.batch_size), _chunks(crops, options.batch_size)):
         images = _image_tensor([c.image for c in batch], device)
         encoding = reconstructor.encode(images)
-        hull = _hull_batch(batch, size, device, options.translator)
-        result = reconstructor.decode(encoding, images, hull, options.translator)
-        arrays, crop_arrays = reconstructor.to_arrays(encoding), _crop_arrays(batch)
+        hull = _hull_batch(batch, size, device, reconstructor.uses_face_hull)
+        result = reconstructor.decode(encoding, images, hull)
+        arrays, crop_arrays = encoding_to_arrays(encoding), _crop_arrays(batch)
+        conventions = _conventions(reconstructor, encoding)
         verts = result.verts.float().cpu().numpy()
         for i, crop in enumerate(batch):
             name = f"{stem}_face{first + i}"
             meta = {"source": str(path), "face": first + i, "crop_size": size, "crop_method": crop.method,
                     "image_height": image.shape[0], "image_width": image.shape[1], **reconstructor.settings(),
-                    "conventions": CONVENTIONS}
+                    "conventions": conventions}
             _write_params(out, name, {**{k: v[i] for k, v in arrays.items()},
                                       **{k: v[i] for k, v in crop_arrays.items()}}, meta)
-            _write_meshes(out, name, verts[i], reconstructor)
+            written += _write_meshes(out, name, verts[i], reconstructor)
             _save_png(out / f"{name}_overlay.png", _uint8(result.overlay[i]))
-            written += [f"{name}_{s}" for s in ("head.obj", "face.obj", "params.npz", "params.json", "overlay.png")]
-            if options.translator:
-                _save_png(out / f"{name}_translator.png", _uint8(result.translated[i]))
-                written.append(f"{name}_translator.png")
+            written += [f"{name}_{s}" for s in ("params.npz", "params.json", "overlay.png")]
+            for key, extra in _extra_images(result, reconstructor).items():
+                _save_png(out / f"{name}_{key}.png", _uint8(extra[i]))
+                written.append(f"{name}_{key}.png")
         renders.append(result.render.cpu())
         masks.append(result.render_mask.cpu())
     overlay = composite_overlays(image, torch.cat(renders), torch.cat(masks), np.stack([c.matrix for c in crops]))
@@ -517,6 +505,15 @@ def _reconstruct_image(path: Path, stem: str, out: Path, reconstructor: Reconstr
 
 def _device(reconstructor: Reconstructor) -> torch.device:
     return getattr(reconstructor, "device", torch.device("cpu"))
+
+
+def _extra_images(result: Reconstruction, reconstructor: Reconstructor) -> dict[str, torch.Tensor]:
+    """The method's extra images, their names checked (they become file names)."""
+    reserved = {"overlay", "params", *reconstructor.meshes}
+    for key in result.extra_images:
+        if not key.replace("_", "").isalnum() or key in reserved:
+            raise ValueError(f"extra image name {key!r}: use letters, digits and '_' (not {sorted(reserved)})")
+    return result.extra_images
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -543,7 +540,7 @@ def _reconstruct_video(path: Path, stem: str, out: Path, reconstructor: Reconstr
                        cropper: FaceCropper) -> tuple[list[str], int]:
     """One face track of a video: encode every processed frame, smooth, then render and write (a second pass)."""
     info = probe_video(path)
-    frames, crops, encodings = _encode_track(path, reconstructor, options, cropper)
+    frames, crops, encodings, like = _encode_track(path, reconstructor, options, cropper)
     if not frames:
         raise DataError("no_face", f"no face found in {path} (any processed frame)")
     arrays = {k: np.concatenate([e[k] for e in encodings]) for k in encodings[0]}
@@ -555,26 +552,27 @@ def _reconstruct_video(path: Path, stem: str, out: Path, reconstructor: Reconstr
     fps = (info.fps if info.fps > 0 else 25.0) / options.every_nth_frame
     meta = {"source": str(path), "fps": fps, "num_frames": len(frames), "smooth_window": options.smooth,
             "crop_size": reconstructor.image_size, "image_height": info.height, "image_width": info.width,
-            **reconstructor.settings(), "conventions": CONVENTIONS}
+            **reconstructor.settings(), "conventions": _conventions(reconstructor, like)}
     _write_params(out, stem, {**arrays, **crop_arrays, "frames": np.asarray(frames, np.int64),
                               "crop_method_is_landmarks": np.asarray([c.method == "landmarks" for c in crops])},
                   meta)
     written = [f"{stem}_params.npz", f"{stem}_params.json"]
-    written += _render_track(path, stem, out, reconstructor, options, frames, crops, arrays,
+    written += _render_track(path, stem, out, reconstructor, options, frames, crops, arrays, like,
                              crop_arrays["crop_matrix"], fps)
     return written, len(frames)
 
 
 def _encode_track(path: Path, reconstructor: Reconstructor, options: ReconstructOptions, cropper: FaceCropper
-                  ) -> tuple[list[int], list[FaceCrop], list[dict[str, np.ndarray]]]:
+                  ) -> tuple[list[int], list[FaceCrop], list[dict[str, np.ndarray]], FaceEncoding | None]:
     """First pass: the tracked face's crop and parameters in every processed frame that has it.
 
     Returns:
-        ``(frames, crops, encodings)``: frame indices, their crops (geometry and landmarks only) and the parameter
-        arrays of consecutive chunks of them.
+        ``(frames, crops, encodings, like)``: frame indices, their crops (geometry and landmarks only), the
+        parameter arrays of consecutive chunks of them, and the first chunk's encoding (the types and non-tensor
+        fields the arrays are decoded with; None when no frame has the face).
     """
     device = _device(reconstructor)
-    frames, crops, encodings, previous = [], [], [], None
+    frames, crops, encodings, previous, like = [], [], [], None, None
     for chunk in _chunks(iter_frames(path, every_nth=options.every_nth_frame, max_frames=options.max_frames),
                          options.batch_size):
         found = []
@@ -586,9 +584,10 @@ def _encode_track(path: Path, reconstructor: Reconstructor, options: Reconstruct
                 found.append(cropper.crop(frame, dets.boxes[k], float(dets.scores[k])))
         if found:
             encoding = reconstructor.encode(_image_tensor([c.image for c in found], device))
-            encodings.append(reconstructor.to_arrays(encoding))
+            like = encoding if like is None else like
+            encodings.append(encoding_to_arrays(encoding))
             crops += [_drop_pixels(c) for c in found]  # the second pass re-makes the crops from the matrices
-    return frames, crops, encodings
+    return frames, crops, encodings, like
 
 
 def _drop_pixels(crop: FaceCrop) -> FaceCrop:
@@ -598,13 +597,14 @@ def _drop_pixels(crop: FaceCrop) -> FaceCrop:
 
 
 def _render_track(path: Path, stem: str, out: Path, reconstructor: Reconstructor, options: ReconstructOptions,
-                  frames: list[int], crops: list[FaceCrop], arrays: dict[str, np.ndarray], matrices: np.ndarray,
-                  fps: float) -> list[str]:
+                  frames: list[int], crops: list[FaceCrop], arrays: dict[str, np.ndarray], like: FaceEncoding,
+                  matrices: np.ndarray, fps: float) -> list[str]:
     """Second pass: meshes of the (smoothed) parameters, rendered over each frame, written as mp4 (+ OBJs)."""
     size, device = reconstructor.image_size, _device(reconstructor)
     row_of = {frame: row for row, frame in enumerate(frames)}
     overlay_video = _Mp4Writer(out / f"{stem}_overlay.mp4", fps)
-    translator_video = _Mp4Writer(out / f"{stem}_translator.mp4", fps) if options.translator else None
+    extra_videos: dict[str, _Mp4Writer] = {}  # one per extra image of the method, opened at its first frame
+    meshes: list[str] = []
     try:
         for chunk in _chunks(iter_frames(path, every_nth=options.every_nth_frame, max_frames=options.max_frames),
                              options.batch_size):
@@ -614,27 +614,27 @@ def _render_track(path: Path, stem: str, out: Path, reconstructor: Reconstructor
                 rows = [row_of[index] for index, _ in with_face]
                 src = torch.from_numpy(np.stack([frame for _, frame in with_face])).permute(0, 3, 1, 2).double()
                 images = warp_crop(src, torch.from_numpy(matrices[rows]), size).div(255.0).clamp(0, 1).float()
-                hull = _hull_batch([crops[r] for r in rows], size, device, options.translator)
-                encoding = reconstructor.from_arrays({name: value[rows] for name, value in arrays.items()})
-                result = reconstructor.decode(encoding, images.to(device), hull, options.translator)
+                hull = _hull_batch([crops[r] for r in rows], size, device, reconstructor.uses_face_hull)
+                encoding = encoding_from_arrays({name: value[rows] for name, value in arrays.items()}, like)
+                result = reconstructor.decode(encoding, images.to(device), hull)
+                extras = _extra_images(result, reconstructor)
                 verts = result.verts.float().cpu().numpy()
                 for k, (index, frame) in enumerate(with_face):
                     overlays[index] = composite_overlays(frame, result.render[k:k + 1], result.render_mask[k:k + 1],
                                                          matrices[rows[k]][None])
-                    if translator_video is not None:
-                        translator_video.write(_uint8(result.translated[k]))
+                    for key, extra in extras.items():
+                        if key not in extra_videos:
+                            extra_videos[key] = _Mp4Writer(out / f"{stem}_{key}.mp4", fps)
+                        extra_videos[key].write(_uint8(extra[k]))
                     if options.save_meshes:
-                        _write_meshes(out, f"{stem}_frame{index:06d}", verts[k], reconstructor)
+                        meshes += _write_meshes(out, f"{stem}_frame{index:06d}", verts[k], reconstructor)
             for index, frame in chunk:  # frames without the face are kept, so the video keeps its timing
                 overlay_video.write(overlays.get(index, frame))
     finally:
         overlay_video.close()
-        if translator_video is not None:
-            translator_video.close()
-    written = [f"{stem}_overlay.mp4"] + ([f"{stem}_translator.mp4"] if translator_video is not None else [])
-    if options.save_meshes:
-        written += [f"{stem}_frame{i:06d}_{s}.obj" for i in frames for s in ("head", "face")]
-    return written
+        for video in extra_videos.values():
+            video.close()
+    return [f"{stem}_overlay.mp4", *(f"{stem}_{key}.mp4" for key in extra_videos), *meshes]
 
 
 class _Mp4Writer:
@@ -667,48 +667,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``facelab reconstruct`` on the ``facelab`` command's subparsers."""
     parser = sub.add_parser("reconstruct", help="3D faces (meshes, parameters, overlays) of images and videos",
                             description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--method", choices=sorted(METHODS), default="smirk", help="reconstruction method")
-    parser.add_argument("--ckpt", required=True, help="checkpoint of the method (SMIRK: either training phase)")
+                            epilog="A method's own options follow these (`facelab methods NAME` lists them).",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--method", default=None,
+                        help="an installed method (`facelab methods` lists them); default: the only one installed")
+    parser.add_argument("--ckpt", required=True, help="checkpoint of the method (`facelab methods NAME` says which)")
     parser.add_argument("--input", "-i", action="append", required=True, metavar="PATH",
                         help="image folder (scanned recursively), image file or video file; repeat for several")
     parser.add_argument("--out", "-o", required=True, help="output folder (created; must not be inside an input)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--flame", default=None, help="FLAME model (generic_model.pkl or its folder, or 'synthetic'); "
-                                                      "default: the path stored in the checkpoint")
+    parser.add_argument("--model-path", default=None,
+                        help="the morphable model asset (file or folder as downloaded, or 'synthetic'); default: the "
+                             "one stored in the checkpoint")
     parser.add_argument("--batch-size", type=int, default=16, help="crops per network call")
-    parser.add_argument("--translator", action="store_true",
-                        help="also write the translator's reconstruction (core-phase checkpoints)")
     parser.add_argument("--smooth", type=int, default=0, metavar="N",
                         help="video: average parameters over a centred window of N processed frames (0: off)")
     parser.add_argument("--max-faces", type=int, default=None, help="images: at most this many faces, the largest")
     parser.add_argument("--min-face", type=int, default=32, help="ignore faces smaller than this (px)")
     parser.add_argument("--min-score", type=float, default=0.9, help="MTCNN detection threshold")
-    parser.add_argument("--scale", type=float, default=1.6, help="crop side relative to the face size")
-    parser.add_argument("--crop", choices=["landmarks", "box"], default="landmarks",
-                        help="landmarks: SMIRK's crop from mediapipe's landmarks (box where none); box: MTCNN box")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="crop side relative to the face size; default: the method's")
+    parser.add_argument("--crop", choices=["landmarks", "box"], default=None,
+                        help="landmarks: the bounding box of mediapipe's landmarks (the box where none); box: the "
+                             "MTCNN box; default: the method's")
     parser.add_argument("--every-nth-frame", type=int, default=1, help="video frame sub-sampling")
     parser.add_argument("--max-frames", type=int, default=None, help="at most this many processed frames per video")
     parser.add_argument("--save-meshes", action="store_true", help="video: also write every frame's OBJs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_run, takes_method_options=True)
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.scale <= 0 or args.every_nth_frame < 1 or args.smooth < 0 or args.min_face < 1:
+    method = resolve_method(args.method, "reconstruct")
+    entry = method.reconstruct
+    method_options = parse_method_options(method, "reconstruct", entry.add_arguments,
+                                          list(getattr(args, "method_options", [])))
+    scale = entry.crop_scale if args.scale is None else args.scale
+    if args.batch_size < 1 or scale <= 0 or args.every_nth_frame < 1 or args.smooth < 0 or args.min_face < 1:
         raise ValueError("need --batch-size >= 1, --scale > 0, --every-nth-frame >= 1, --smooth >= 0, --min-face >= 1")
     if args.max_faces is not None and args.max_faces < 1:
         raise ValueError("--max-faces must be >= 1")
     options = ReconstructOptions(
-        batch_size=args.batch_size, translator=args.translator, smooth=args.smooth, max_faces=args.max_faces,
-        min_face=args.min_face, min_score=args.min_score, scale=args.scale, crop=args.crop,
+        batch_size=args.batch_size, smooth=args.smooth, max_faces=args.max_faces, min_face=args.min_face,
+        min_score=args.min_score, scale=scale, crop=entry.crop if args.crop is None else args.crop,
         every_nth_frame=args.every_nth_frame, max_frames=args.max_frames, save_meshes=args.save_meshes,
         device=resolve_device(args.device),
     )
     check_output_location(args.input, args.out)
     collect_inputs(args.input)  # missing inputs fail before the checkpoint loads
-    reconstructor = load_reconstructor(args.method, args.ckpt, args.flame, options.device)
-    check_translator(reconstructor, options)
+    reconstructor = load_reconstructor(method, args.ckpt, args.model_path, options.device, method_options)
     cropper = build_cropper(options, reconstructor.image_size)
     try:
         report = run_reconstruct(args.input, args.out, reconstructor, options, cropper,

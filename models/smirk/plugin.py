@@ -1,0 +1,70 @@
+"""SMIRK in the ``facelab`` commands: the :class:`facelab.methods.Method` its entry point names.
+
+``pyproject.toml`` declares ``smirk = "smirk:method"`` in the ``facelab.methods`` entry-point group. This module
+only describes: the networks, FLAME and checkpoints are imported by the functions below when a command runs them.
+
+* ``facelab reconstruct --method smirk --ckpt CKPT ... [--translator]``: :class:`smirk.inference.SmirkReconstructor`
+  from a checkpoint of either phase (or a bare encoder state dict); ``--translator`` also writes the translator's
+  reconstruction (core-phase checkpoints).
+* ``facelab evaluate --method smirk --ckpt CKPT [--probe-faces N] [--probe-copies K]``: :mod:`smirk.evaluate`
+  (landmark NME, expression errors, supplementary Table 2 vertex errors, the Table 4 expression-change probe).
+* ``facelab bench smirk``: :mod:`smirk.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from facelab.methods import Benchmark, EvaluateEntry, EvaluateRequest, Method, ReconstructEntry
+
+__all__ = ["method"]
+
+
+def _reconstruct_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--translator", action="store_true",
+                        help="also write the translator's reconstruction of each crop (core-phase checkpoints)")
+
+
+def _reconstructor(ckpt: str, *, model_path: str | None = None, device: str = "cpu",
+                   options: argparse.Namespace | None = None, config_key: str = "--ckpt"):
+    from smirk.inference import SmirkReconstructor
+
+    translate = bool(getattr(options, "translator", False))
+    return SmirkReconstructor.from_checkpoint(ckpt, flame_path=model_path, translate=translate, device=device,
+                                              config_key=config_key)
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probe-faces", type=int, default=32,
+                        help="faces in the expression-change probe, supplementary Table 4 (0 skips it)")
+    parser.add_argument("--probe-copies", type=int, default=8, help="tweaked copies per probed face (>= 2)")
+
+
+def _evaluate(request: EvaluateRequest, options: argparse.Namespace):
+    from smirk.evaluate import ExpressionTweak, evaluate_checkpoint
+
+    if options.probe_faces < 0:
+        raise ValueError(f"--probe-faces must be >= 0, got {options.probe_faces}")
+    if options.probe_copies < 2:
+        raise ValueError(f"--probe-copies must be >= 2, got {options.probe_copies}")
+    return evaluate_checkpoint(request.ckpt, num_images=request.num_images, image_size=request.image_size,
+                               batch_size=request.batch_size, device=request.device, probe_faces=options.probe_faces,
+                               tweak=ExpressionTweak(num_copies=options.probe_copies), seed=request.seed)
+
+
+#: SMIRK as the ``facelab`` commands see it.
+method = Method(
+    name="smirk",
+    description="SMIRK (Retsinas et al., CVPR 2024): FLAME expressions by analysis-by-neural-synthesis",
+    family="flame",
+    reconstruct=ReconstructEntry(
+        from_checkpoint=_reconstructor, add_arguments=_reconstruct_arguments, crop_scale=1.6, crop="landmarks",
+        checkpoint_help="a SmirkModule checkpoint of either phase (pretraining or core), or a bare SmirkEncoder "
+                        "state dict; FLAME defaults to the checkpoint's flame_path"),
+    evaluate=EvaluateEntry(run=_evaluate, add_arguments=_evaluate_arguments, data=("synthetic",),
+                           supports_init=True),
+    benchmarks={"smirk": Benchmark("smirk.bench", "SMIRK training-step time split (B = 8, 224^2) and inference "
+                                                  "images/s, encoders vs the whole reconstruction (B = 1, 32)")},
+    configs={"pretrain": "configs/smirk_pretrain.yaml", "core": "configs/smirk.yaml",
+             "quickstart": "configs/smirk_quickstart.yaml"},
+)
