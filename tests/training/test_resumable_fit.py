@@ -80,3 +80,25 @@ def test_resumed_run_sees_the_remaining_batches(sampler, kill_at, workers, tmp_p
         fit(resumed, tmp_path / "resumed", TOTAL, ckpt_path=str(path))
     assert not [w for w in caught if "not resumable" in str(w.message)]
     assert killed.seen + resumed.seen == reference.seen
+
+
+def test_synthetic_datamodule_loader_resumes():
+    """The synthetic world's training loader: a fresh DataModule's loader from a saved state yields the rest."""
+    from facelab.data.modules import SyntheticFaceDataModule
+
+    def loader():
+        dm = SyntheticFaceDataModule(model_path="synthetic:tiny", image_size=32, uv_size=16, num_train=12,
+                                     batch_size=3, num_workers=0, render_wrinkles=False, seed=5)
+        return dm.train_dataloader()
+
+    first = loader()
+    first.sampler.set_epoch(1)
+    it = iter(first)
+    head = [next(it).index.tolist() for _ in range(2)]
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    rest = [b.index.tolist() for b in resumed]
+    reference = loader()
+    reference.sampler.set_epoch(1)
+    assert head + rest == [b.index.tolist() for b in reference]
+    assert sorted(i for b in head + rest for i in b) == list(range(12))
