@@ -328,7 +328,7 @@ _NO_TRANSLATOR = ("--translator needs a checkpoint with the translator (SMIRK: a
 
 
 def _build_flame(flame_path: str | None, trained_with: str, n_shape: int, n_expression: int) -> Flame:
-    """FLAME for the checkpoint: ``--flame`` if given, else the path stored in the checkpoint."""
+    """FLAME for the checkpoint: ``--model-path`` if given, else the path stored in the checkpoint."""
     path = flame_path if flame_path is not None else trained_with
     try:
         return Flame(path, n_shape=n_shape, n_expression=n_expression)
