@@ -6,6 +6,7 @@ channels (3 for positions / offsets, 1 for scalar displacements).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -85,7 +86,7 @@ class LandmarkLoss(nn.Module):
 
     weights: Tensor | None
 
-    def __init__(self, norm: LandmarkNorm = "l2", weights: Tensor | None = None) -> None:
+    def __init__(self, norm: LandmarkNorm = "l2", weights: Sequence[float] | Tensor | None = None) -> None:
         super().__init__()
         self.norm = norm
         self.register_buffer("weights", None if weights is None else torch.as_tensor(weights, dtype=torch.float32))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
-import lpips
 from torch import Tensor
 
 from facelab.io.assets import require_file
@@ -64,6 +63,8 @@ class LPIPS(FrozenNetwork):
         if reduction not in ("mean", "none") or input_range not in ("unit", "signed"):
             raise ValueError(f"reduction must be 'mean' or 'none' and input_range 'unit' or 'signed', got "
                              f"{reduction!r}, {input_range!r}")
+        import lpips  # imported when used: it pulls scipy and its trainer
+
         tv_name = _TORCHVISION_NAME[net]
         require_weights_or_random(trunk_weights_path, allow_random, f"LPIPS {tv_name} trunk", "trunk_weights_path")
         state = None
