@@ -153,3 +153,23 @@ def test_expression_encoder_clamps_keep_reference_outputs():
     for a, b in zip((soft.expression, soft.eyelids, soft.jaw_pose), (hard.expression, hard.eyelids, hard.jaw_pose)):
         assert torch.equal(a, b)
     assert soft.eyelids.min() >= 0 and soft.eyelids.max() <= 1 and soft.jaw_pose[:, 1:].abs().max() <= 0.2
+
+
+def test_generator_is_the_core_unet_with_smirk_checkpoint_keys():
+    """The translator is a facelab.nn.UNet; parameter count and state-dict keys are those of SMIRK checkpoints."""
+    from facelab.nn import UNet as CoreUNet
+
+    generator = SmirkGenerator()
+    assert isinstance(generator.unet, CoreUNet) and UNet is CoreUNet
+    assert n_params(generator) == 31_367_171
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+    def double_conv(prefix):
+        return {f"{prefix}.{i}.weight" for i in (0, 3)} | {f"{prefix}.{i}.{b}" for i in (1, 4) for b in bn}
+
+    expected = set().union(*(double_conv(f"unet.down.{i}") for i in range(4)), double_conv("unet.bottleneck"),
+                           *(double_conv(f"unet.up_convs.{i}") for i in range(4)))
+    expected |= {f"unet.res_blocks.{j}.body.{i}.weight" for j in range(5) for i in (1, 5)}
+    expected |= {f"unet.res_blocks.{j}.body.{i}.{b}" for j in range(5) for i in (2, 6) for b in bn}
+    expected |= {f"unet.{m}.{b}" for m in ("up.0", "up.1", "up.2", "up.3", "out") for b in ("weight", "bias")}
+    assert set(generator.state_dict()) == expected
