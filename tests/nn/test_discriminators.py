@@ -119,3 +119,10 @@ def test_unet_discriminator_spectral_norm_and_gradients():
     (out.global_logit.sum() + out.pixel_logits.mean() + out.heads["au"].square().sum()).backward()
     missing = [n for n, p in disc.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing
+
+
+def test_float64():
+    x = torch.rand(2, 1, 32, 32, dtype=torch.float64)
+    out = UNetDiscriminator(1, channels=(4, 8), heads={"au": 2}).double()(x)
+    assert out.pixel_logits.dtype == out.heads["au"].dtype == torch.float64
+    assert PatchDiscriminator(1, base_channels=4, spectral_norm=True).double()(x).dtype == torch.float64

@@ -105,3 +105,9 @@ def test_minibatch_stddev_grows_with_batch_diversity():
     assert minibatch_stddev(same)[:, -1].max() < 1e-3
     diverse = torch.randn(4, 4, 2, 2) * 3
     assert abs(minibatch_stddev(diverse)[0, -1, 0, 0].item() - 3 * math.sqrt(3 / 4)) < 1.0
+
+
+def test_float64():
+    x, w = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    y = NoiseInjection().double()(ModulatedConv2d(3, 4, 3, style_dim=5).double()(x, w))
+    assert y.dtype == torch.float64 and minibatch_stddev(y, 2).dtype == torch.float64

@@ -151,3 +151,9 @@ def test_bad_configurations_are_refused():
         UNet(1, 1, upsample="pixelshuffle")
     with pytest.raises(ValueError, match="at least one"):
         UNet(1, 1, channels=())
+
+
+def test_float64():
+    unet = UNet(2, 1, channels=(4,), n_res_blocks=1, condition_dim=3, conditioning=AdaIN).double()
+    assert unet(torch.rand(1, 2, 4, 4, dtype=torch.float64), torch.randn(1, 3, dtype=torch.float64)).dtype == \
+        torch.float64

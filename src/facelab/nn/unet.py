@@ -11,9 +11,10 @@ Optional conditioning: a hook ``conditioning(num_features, condition_dim) -> mod
 level (the bottleneck output and every decoder level's features), each called as ``module(x, condition)``;
 :class:`facelab.nn.AdaIN` and :class:`facelab.nn.FiLM` fit (AdaIN-modulated decoders as in FaceDet3D's DetH).
 
-SMIRK's translator (``smirk.networks.SmirkGenerator``) is ``UNet(6, 3, (32, 64, 128, 256), 512, 5,
-out_activation="sigmoid")``; module names (``down``, ``bottleneck``, ``res_blocks``, ``up``, ``up_convs``,
-``out``) are its checkpoint keys.
+The module names (``down``, ``bottleneck``, ``res_blocks``, ``up``, ``up_convs``, ``out``; ``pools`` and ``cond``
+only when used) are the state-dict keys and do not change with ``norm``, ``skip`` or ``out_activation``, so
+checkpoints of the plain configuration (batch norm, concatenated skips, max-pool, transposed convolutions) load
+into it unchanged.
 
 Shapes: ``B`` batch, ``H, W`` image size, ``D`` condition size.
 """
