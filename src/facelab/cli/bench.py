@@ -24,6 +24,8 @@ BENCHMARKS = {
                         "rasterize + interpolate + shade a full-size FLAME at 224^2, forward and backward"),
     "data": Benchmark("facelab.bench.data",
                       "synthetic face world throughput through a DataLoader (224^2, num_workers 0 and 2)"),
+    "fit": Benchmark("facelab.bench.fit",
+                     "3DMM fitting faces/s: one by one (B = 1) vs batched (B = 32), same iterations"),
 }
 
 

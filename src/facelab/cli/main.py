@@ -20,7 +20,7 @@ import sys
 
 #: Modules that contribute subcommands (the core's commands; methods plug in through facelab.methods, not here).
 SUBCOMMAND_MODULES = ("facelab.cli.assets", "facelab.cli.bench", "facelab.cli.preprocess", "facelab.cli.reconstruct",
-                      "facelab.cli.evaluate", "facelab.cli.methods")
+                      "facelab.cli.evaluate", "facelab.cli.methods", "facelab.cli.fit")
 
 
 def build_parser() -> argparse.ArgumentParser:
