@@ -286,7 +286,8 @@ class SmirkModule(LightningModule):
     def _build_encoder(encoder: SmirkEncoder | None, n_shape: int, n_expression: int, *backbone_weights: str | None
                        ) -> SmirkEncoder:
         if encoder is None:
-            return SmirkEncoder(n_shape, n_expression, *backbone_weights)
+            keys = tuple(f"model.init_args.{part}_backbone_weights" for part in ("pose", "shape", "expression"))
+            return SmirkEncoder(n_shape, n_expression, *backbone_weights, config_keys=keys)
         if any(w is not None for w in backbone_weights):
             raise ValueError("give the *_backbone_weights inside the injected encoder's init_args "
                              "(pose_pretrained_path, ...), not to SmirkModule")

@@ -9,7 +9,6 @@ crops (any size divisible by 32 runs, but the heads were designed for 224).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from facelab.io.weights import load_state_dict_strict, read_state_dict
+from facelab.log import warn_missing_weights
 from facelab.morphable.flame import FlameParams
 from facelab.nn import DoubleConv, ResidualBlock, UNet
 from facelab.render.camera import WeakPerspectiveCamera
@@ -40,8 +40,6 @@ __all__ = [
     "load_backbone_weights",
 ]
 
-log = logging.getLogger(__name__)
-
 POSE_BACKBONE = "tf_mobilenetv3_small_minimal_100"
 SHAPE_BACKBONE = "tf_mobilenetv3_large_minimal_100"
 EXPRESSION_BACKBONE = "tf_mobilenetv3_large_minimal_100"
@@ -59,8 +57,8 @@ def create_backbone(name: str, pretrained_path: str | None = None, config_key: s
 
     Nothing is downloaded: ``pretrained_path`` is a local timm state dict of ``name`` (the classification model's
     ``state_dict()`` as timm publishes it, or the ``features_only`` model's own), ``.pth``/``.bin`` read with
-    ``torch.load(weights_only=True)`` or ``.safetensors``. With None, one INFO line says the backbone starts from
-    random weights.
+    ``torch.load(weights_only=True)`` or ``.safetensors``. With None, a console WARNING
+    (:func:`facelab.log.warn_missing_weights`) names ``config_key`` and says the backbone starts from random weights.
 
     Args:
         name: timm model name, e.g. ``tf_mobilenetv3_large_minimal_100``.
@@ -72,7 +70,9 @@ def create_backbone(name: str, pretrained_path: str | None = None, config_key: s
     """
     backbone = timm.create_model(name, pretrained=False, features_only=True)
     if pretrained_path is None:
-        log.info("%s backbone starts from random initialisation (no pretrained_path given)", name)
+        warn_missing_weights(config_key or "pretrained_path", f"the {name} backbone (ImageNet, timm)",
+                             "it starts from random initialisation (the paper's encoders start from ImageNet weights: "
+                             "expect slower, worse convergence)", logger=__name__)
     else:
         load_backbone_weights(backbone, pretrained_path, config_key=config_key)
     return backbone
@@ -178,8 +178,8 @@ class PoseEncoder(_ImageEncoder):
     """
 
     def __init__(self, pretrained_path: str | None = None, normalize_input: bool = True,
-                 init_scale: float = 7.0, channels_last: bool = True) -> None:
-        super().__init__(POSE_BACKBONE, 6, pretrained_path, normalize_input, channels_last, "pose_pretrained_path")
+                 init_scale: float = 7.0, channels_last: bool = True, config_key: str = "pretrained_path") -> None:
+        super().__init__(POSE_BACKBONE, 6, pretrained_path, normalize_input, channels_last, config_key)
         with torch.no_grad():
             self.head.weight.mul_(0.001)
             self.head.bias.mul_(0.001)
@@ -204,9 +204,8 @@ class ShapeEncoder(_ImageEncoder):
     """
 
     def __init__(self, n_shape: int = 300, pretrained_path: str | None = None, normalize_input: bool = True,
-                 channels_last: bool = True) -> None:
-        super().__init__(SHAPE_BACKBONE, n_shape, pretrained_path, normalize_input, channels_last,
-                         "shape_pretrained_path")
+                 channels_last: bool = True, config_key: str = "pretrained_path") -> None:
+        super().__init__(SHAPE_BACKBONE, n_shape, pretrained_path, normalize_input, channels_last, config_key)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -267,9 +266,10 @@ class ExpressionEncoder(_ImageEncoder):
     """
 
     def __init__(self, n_expression: int = 50, pretrained_path: str | None = None, normalize_input: bool = True,
-                 max_jaw_side: float = 0.2, channels_last: bool = True, inward_gradients: bool = True) -> None:
+                 max_jaw_side: float = 0.2, channels_last: bool = True, inward_gradients: bool = True,
+                 config_key: str = "pretrained_path") -> None:
         super().__init__(EXPRESSION_BACKBONE, n_expression + 5, pretrained_path, normalize_input, channels_last,
-                         "expression_pretrained_path")
+                         config_key)
         self.n_expression = n_expression
         self.max_jaw_side = max_jaw_side
         self.inward_gradients = inward_gradients
@@ -331,19 +331,26 @@ class SmirkEncoder(nn.Module):
         n_shape: FLAME shape components (300).
         n_expression: FLAME expression components (50).
         pose_pretrained_path, shape_pretrained_path, expression_pretrained_path: local ImageNet timm weights
-            of each backbone, or None (random init, logged).
+            of each backbone, or None (random init, with a console WARNING).
         normalize_input: map [0, 1] input with the backbones' mean/std inside the encoders.
         channels_last: run the backbones in the NHWC memory layout (faster, same results).
+        config_keys: the config keys holding the three paths, named in warnings and errors (SmirkModule passes
+            its own ``model.init_args.*_backbone_weights``).
     """
 
     def __init__(self, n_shape: int = 300, n_expression: int = 50, pose_pretrained_path: str | None = None,
                  shape_pretrained_path: str | None = None, expression_pretrained_path: str | None = None,
-                 normalize_input: bool = True, channels_last: bool = True) -> None:
+                 normalize_input: bool = True, channels_last: bool = True,
+                 config_keys: tuple[str, str, str] = ("pose_pretrained_path", "shape_pretrained_path",
+                                                      "expression_pretrained_path")) -> None:
         super().__init__()
-        self.pose_encoder = PoseEncoder(pose_pretrained_path, normalize_input, channels_last=channels_last)
-        self.shape_encoder = ShapeEncoder(n_shape, shape_pretrained_path, normalize_input, channels_last)
+        pose_key, shape_key, expression_key = config_keys
+        self.pose_encoder = PoseEncoder(pose_pretrained_path, normalize_input, channels_last=channels_last,
+                                        config_key=pose_key)
+        self.shape_encoder = ShapeEncoder(n_shape, shape_pretrained_path, normalize_input, channels_last,
+                                          config_key=shape_key)
         self.expression_encoder = ExpressionEncoder(n_expression, expression_pretrained_path, normalize_input,
-                                                    channels_last=channels_last)
+                                                    channels_last=channels_last, config_key=expression_key)
 
     def forward(self, image: Tensor) -> SmirkEncoding:
         """(B, 3, 224, 224) crops in [0, 1] -> :class:`SmirkEncoding`."""

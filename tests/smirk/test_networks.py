@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import timm
 import torch
@@ -77,10 +75,11 @@ def test_input_normalization_uses_pretrained_cfg():
     assert enc.normalize_input
 
 
-def test_random_init_is_logged(caplog):
-    with caplog.at_level(logging.INFO, logger="smirk.networks"):
-        create_backbone(EXPRESSION_BACKBONE)
-    assert sum("random initialisation" in r.getMessage() for r in caplog.records) == 1
+def test_random_init_warns_on_the_console(capsys):
+    create_backbone(EXPRESSION_BACKBONE, config_key="model.init_args.expression_backbone_weights")
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1 and "random initialisation" in err
+    assert "`model.init_args.expression_backbone_weights`" in err
 
 
 def test_pretrained_weights_load_strictly(tmp_path):
