@@ -11,7 +11,7 @@ from facelab.fitting.energy import (
     gaussian_prior,
     landmark_energy,
     photometric_energy,
-    robust_weights,
+    robust_penalty,
     sh_least_squares,
     sh_monochrome_prior,
 )
@@ -40,7 +40,7 @@ __all__ = [
     "mediapipe_to_ibug68",
     "perspective_from_weak",
     "photometric_energy",
-    "robust_weights",
+    "robust_penalty",
     "sh_least_squares",
     "sh_monochrome_prior",
     "weak_perspective_procrustes",

@@ -1,9 +1,9 @@
 """The terms of the fitting energy, each returning one value per face (B,) so that convergence is tracked per face.
 
-* landmarks: reprojection error of 2D landmarks in units of the face size (NME units; Deep3DFaceRecon, Deng et al.
-  2019, Eq. 4), made robust by iteratively reweighted least squares: each landmark's weight is ``rho'(r^2)`` of a
-  robust penalty at the current residual (:func:`robust_weights`), so the gradient is that of ``sum rho(r^2)``
-  (Holland & Welsch 1977). The per-face value is :func:`facelab.losses.landmark_loss` mapped over the batch;
+* landmarks: reprojection error of 2D landmarks in units of the face size (Deep3DFaceRecon, Deng et al. 2019,
+  Eq. 4) under a robust penalty ``rho`` (Cauchy / Geman-McClure / Huber, the M-estimators of robust regression),
+  so that a few wrong detections do not pull the fit; with ``rho = r^2`` it is :func:`facelab.losses.landmark_loss`
+  per face;
 * photometric: :func:`facelab.losses.photometric_loss` (L1, skin- and coverage-masked; Deep3DFaceRecon Eq. 3)
   mapped over the batch;
 * priors: ``||alpha||^2`` of coefficients in standard-deviation units (the Gaussian prior of a PCA model, Blanz &
@@ -18,66 +18,58 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from facelab.losses.geometry import landmark_loss
 from facelab.losses.image import photometric_loss
 from facelab.render.shading import sh_basis
 
-__all__ = ["ROBUST_PENALTIES", "gaussian_prior", "landmark_energy", "photometric_energy", "robust_weights",
+__all__ = ["ROBUST_PENALTIES", "gaussian_prior", "landmark_energy", "photometric_energy", "robust_penalty",
            "sh_least_squares", "sh_monochrome_prior"]
 
 ROBUST_PENALTIES = ("l2", "huber", "cauchy", "geman_mcclure")
 
 
-def robust_weights(sq: Tensor, kind: str = "cauchy", scale: float = 5.0) -> Tensor:
-    """IRLS weights ``rho'(r^2)`` of a robust penalty of squared residual norms (1 at ``r = 0``).
+def robust_penalty(sq: Tensor, kind: str = "cauchy", scale: float = 5.0) -> Tensor:
+    """A robust penalty ``rho`` of squared residual norms ``r^2``; every one equals ``r^2`` for ``r << scale``.
 
-    Penalties: ``l2`` ``r^2`` (weight 1); ``huber`` ``r^2`` below ``scale``, ``2 scale r - scale^2`` above
-    (weight ``min(1, scale / r)``); ``cauchy`` ``scale^2 log(1 + r^2 / scale^2)`` (weight ``1 / (1 + r^2 /
-    scale^2)``); ``geman_mcclure`` ``scale^2 r^2 / (scale^2 + r^2)`` (weight ``scale^4 / (scale^2 + r^2)^2``).
+    ``l2``: ``r^2``; ``huber``: ``r^2`` below ``scale``, ``2 scale r - scale^2`` above; ``cauchy`` (Lorentzian):
+    ``scale^2 log(1 + r^2 / scale^2)``; ``geman_mcclure``: ``scale^2 r^2 / (scale^2 + r^2)`` (bounded).
 
     Args:
-        sq: (...) squared residual norms (detached by the caller: the weights are constants of each step).
+        sq: (...) squared residual norms.
         kind: one of :data:`ROBUST_PENALTIES`.
         scale: residual norm where the penalty starts to flatten.
     """
     c2 = scale * scale
     if kind == "l2":
-        return torch.ones_like(sq)
+        return sq
     if kind == "cauchy":
-        return 1.0 / (1.0 + sq / c2)
+        return c2 * torch.log1p(sq / c2)
     if kind == "geman_mcclure":
-        return (c2 / (c2 + sq)) ** 2
+        return c2 * sq / (c2 + sq)
     if kind == "huber":
-        return torch.clamp(scale / torch.sqrt(sq + 1e-20), max=1.0)
+        r = torch.sqrt(sq + 1e-20)
+        return torch.where(r <= scale, sq, 2.0 * scale * r - c2)
     raise ValueError(f"unknown robust penalty '{kind}': choose from {ROBUST_PENALTIES}")
 
 
-def _landmark_loss_one(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    return landmark_loss(pred[None], target[None], weight[None], norm="l2")
-
-
 def landmark_energy(pred: Tensor, target: Tensor, weights: Tensor, unit: Tensor, kind: str = "cauchy",
-                    scale: float = 5.0, irls: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Robust mean squared landmark error per face, residuals in a per-face length unit.
+                    scale: float = 5.0) -> Tensor:
+    """Robust landmark error per face, ``sum_l w_l rho(||r_l||^2) / (2 sum_l w_l)`` with residuals ``r`` in a
+    per-face length unit (for ``kind="l2"`` the mean squared coordinate error of
+    :func:`facelab.losses.landmark_loss`).
 
     Args:
         pred: (B, L, 2) projected model landmarks. target: (B, L, 2) detected landmarks (same units).
         weights: (B, L) per-landmark confidences (0: missing).
         unit: (B,) the length unit of the residuals, in the landmarks' units (the fitter: 1 % of the face size,
             :func:`facelab.metrics.landmarks.nme_normalizer` with ``"bbox"``).
-        kind, scale: the robust penalty (:func:`robust_weights`), ``scale`` in ``unit``.
-        irls: (B, L) IRLS weights to use instead of those of the current residuals (a line search must see one
-            fixed objective).
+        kind, scale: the robust penalty (:func:`robust_penalty`), ``scale`` in ``unit``.
 
     Returns:
-        ``(energies (B,), irls (B, L))``: the landmark loss with the IRLS weights, and those weights.
+        (B,) energies.
     """
-    pred_n = pred / unit[:, None, None]
-    target_n = target / unit[:, None, None]
-    if irls is None:
-        with torch.no_grad():
-            irls = robust_weights(((pred_n - target_n) ** 2).sum(-1), kind, scale)
-    return vmap(_landmark_loss_one)(pred_n, target_n, weights * irls), irls
+    r = (pred - target) / unit[:, None, None]
+    rho = robust_penalty(r.square().sum(-1), kind, scale)
+    return (weights * rho).sum(1) / (pred.shape[-1] * weights.sum(1).clamp_min(1e-12))
 
 
 def _photometric_one(render: Tensor, image: Tensor, mask: Tensor) -> Tensor:

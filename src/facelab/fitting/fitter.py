@@ -64,6 +64,8 @@ CONTOUR_68 = slice(0, 17)
 #: Regions tried, in order, for the photometric term (the first the model has); all faces when none.
 PHOTOMETRIC_REGIONS = ("face", "front")
 STAGES = ("rigid", "landmarks", "photometric")
+#: The rigid-pose variables (head rotation, translation, log scale or log depth).
+POSE_VARIABLES = ("rotation", "translation", "log_scale")
 
 
 # ------------------------------------------------------------------------------------------------------ settings
@@ -88,8 +90,8 @@ class FitWeights:
     landmarks68: float = 1.0
     landmarks_mp: float = 1.0
     photometric: float = 0.02
-    identity: float = 1e-5
-    expression: float = 1e-5
+    identity: float = 1e-3
+    expression: float = 1e-3
     albedo: float = 1e-4
     sh: float = 1e-3
     jaw_pose: float = 1e-3
@@ -106,10 +108,12 @@ class FitSchedule:
     Attributes:
         rigid_iterations, landmark_iterations, photometric_iterations: budget of each stage (0 skips it; the
             photometric stage also needs an image).
-        rigid_lr, lr, photometric_lr: initial Adam step sizes (in the unit-free variables: radians, log-scale, face-size
-            translations, standard deviations).
-        tolerance: a face is converged when its energy changed by less than this (relative) over ``check_every``
-            iterations.
+        rigid_lr, lr, photometric_lr: initial Adam step sizes of each stage (in the unit-free variables: radians,
+            log-scale, face-size translations, standard deviations).
+        pose_lr: initial step size of the pose variables in the landmark and photometric stages.
+        tolerance: a face is converged when its energy changed by less than ``tolerance * max(|E|, 1)`` over
+            ``check_every`` iterations (relative, and absolute below the energy unit: landmark residuals of 1 % of
+            the face size).
         check_every: iterations between convergence checks.
         final_lr_factor: Adam's step size decays exponentially to ``lr * final_lr_factor`` over a stage's budget.
     """
@@ -117,10 +121,11 @@ class FitSchedule:
     rigid_iterations: int = 50
     landmark_iterations: int = 200
     photometric_iterations: int = 60
-    rigid_lr: float = 0.03
-    lr: float = 0.03
+    rigid_lr: float = 0.02
+    lr: float = 0.1
+    pose_lr: float = 0.01
     photometric_lr: float = 0.01
-    tolerance: float = 1e-4
+    tolerance: float = 5e-3
     check_every: int = 10
     final_lr_factor: float = 0.1
 
@@ -597,12 +602,12 @@ class MorphableFitter(nn.Module):
         cam = self._camera(state, prep, prep.targets.image_size)
         terms: dict[str, Tensor] = {}
         lmk = cam.project(mesh.landmarks68)[..., :2]
-        terms["landmarks68"] = landmark_energy(lmk, prep.ndc68, prep.w68, prep.size, wt.robust, wt.robust_scale)[0]
+        terms["landmarks68"] = landmark_energy(lmk, prep.ndc68, prep.w68, prep.size, wt.robust, wt.robust_scale)
         total = wt.landmarks68 * terms["landmarks68"]
         if prep.mp_ndc is not None and mesh.landmarks_mp is not None:
             mp = cam.project(mesh.landmarks_mp)[..., :2]
             terms["landmarks_mp"] = landmark_energy(mp, prep.mp_ndc, prep.mp_w, prep.size, wt.robust,
-                                                    wt.robust_scale)[0]
+                                                    wt.robust_scale)
             total = total + wt.landmarks_mp * terms["landmarks_mp"]
         if photometric:
             render, cover = self._render(mesh, state, prep)
@@ -664,7 +669,7 @@ class MorphableFitter(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- optimisation
     def _stage_variables(self, stage: str, fix: tuple[str, ...]) -> list[str]:
-        names = ["rotation", "translation", "log_scale"] if "pose" not in fix else []
+        names = list(POSE_VARIABLES) if "pose" not in fix else []
         if stage in ("landmarks", "photometric"):
             names += ["identity", "expression", "jaw_pose", "eyelids"]
         if stage == "photometric":
@@ -699,7 +704,12 @@ class MorphableFitter(nn.Module):
         last = None
         lr = schedule.learning_rate(stage)
 
-        opt = torch.optim.Adam(list(leaves.values()), lr=lr)
+        # after the rigid stage the pose takes small steps (it is close; large ones throw the shape off)
+        pose = [leaves[n] for n in names if n in POSE_VARIABLES]
+        other = [leaves[n] for n in names if n not in POSE_VARIABLES]
+        pose_lr = lr if stage == "rigid" else schedule.pose_lr
+        groups_lr = [{"params": pose, "lr": pose_lr}, {"params": other, "lr": lr}]
+        opt = torch.optim.Adam([g for g in groups_lr if g["params"]], lr=lr)
         # exponential decay to lr * final_lr_factor over the budget: large early steps, settled faces at the end
         decay = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=schedule.final_lr_factor ** (1.0 / budget))
         for it in range(budget):
@@ -720,8 +730,9 @@ class MorphableFitter(nn.Module):
             if it % schedule.check_every == 0:  # the energy before this step, every check_every steps
                 now = total.detach()
                 if last is not None:
-                    rel = (last - now).abs() / last.abs().clamp_min(1e-12)
-                    newly = active & (rel < schedule.tolerance)
+                    # relative change, with energies below 1 (landmark residuals of 1 % of the face size) compared
+                    # absolutely: a face fitted almost exactly has no meaningful relative change
+                    newly = active & ((last - now).abs() < schedule.tolerance * last.abs().clamp_min(1.0))
                     converged |= newly
                     # a group stays active while any of its faces is
                     still = torch.zeros(prep.num_groups, dtype=torch.bool, device=groups.device)
