@@ -42,6 +42,7 @@ __all__ = [
     "EmotionFeatureLoss",
     "MicaShapeTeacher",
     "VGGPerceptualLoss",
+    "affine_aligned_landmark_loss",
     "cycle_loss",
     "expression_regularization",
     "fan_contour_landmark_loss",
@@ -91,6 +92,37 @@ def fan_contour_landmark_loss(pred68: Tensor, target68: Tensor, valid: Tensor | 
         pred68: (B, 68, 2+). target68: (B, 68, 2+). valid: (B,) bool, images with FAN landmarks; None: all.
     """
     return landmark_loss(pred68[:, :17], target68[:, :17], valid)
+
+
+def affine_aligned_landmark_loss(points: Tensor, target: Tensor, ridge: float = 1e-8) -> Tensor:
+    """:func:`landmark_loss` after the least-squares affine camera that best maps ``points`` onto ``target``.
+
+    Per image, the 2x3 affine camera ``y = (X - mean X) P + mean y`` (orthographic projection of any rotation, any
+    scale, any image translation, and two shears) is solved in closed form,
+    ``P = (Xc^T Xc + ridge I)^-1 Xc^T Yc``, and the residual of that fit is the loss. What is left is the non-rigid
+    part of the misfit: a parameter that only moves the landmarks rigidly gets no gradient from it, so an
+    expression head trained on it cannot absorb the errors of the pose/camera estimate (the fix of issue 9; the
+    rigid part is learnt by the projected :func:`landmark_loss` of the pose encoder). Differentiable in
+    ``points`` (through the solve).
+
+    Args:
+        points: (B, L, 3) model-frame landmarks (any rigid pose). target: (B, L, 2+) landmarks in the crop frame.
+        ridge: Tikhonov term of the 3x3 normal equations (relative to the mean squared point spread).
+
+    Returns:
+        Scalar: ``sum (fitted - target)^2 / (B * L * 2)``.
+    """
+    if points.dim() != 3 or points.shape[-1] != 3 or target.shape[:2] != points.shape[:2]:
+        raise ValueError(f"affine_aligned_landmark_loss expects (B, L, 3) points and (B, L, 2+) targets, got "
+                         f"{tuple(points.shape)} and {tuple(target.shape)}")
+    y = target[..., :2].to(points)
+    xc = points - points.mean(dim=1, keepdim=True)
+    yc = y - y.mean(dim=1, keepdim=True)
+    normal = xc.transpose(1, 2) @ xc
+    scale = normal.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)[:, None, None]
+    eye = torch.eye(3, dtype=points.dtype, device=points.device)
+    camera = torch.linalg.solve(normal + ridge * scale * eye, xc.transpose(1, 2) @ yc)  # (B, 3, 2)
+    return (xc @ camera - yc).pow(2).mean()
 
 
 def expression_regularization(expression: Tensor, reference: Tensor | None = None) -> Tensor:

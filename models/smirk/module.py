@@ -24,7 +24,7 @@ Frames: landmarks in NDC (+y up) as in :mod:`smirk.data`; the NME metrics are me
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import torch
@@ -59,6 +59,7 @@ from smirk.losses import (
     EmotionFeatureLoss,
     MicaShapeTeacher,
     VGGPerceptualLoss,
+    affine_aligned_landmark_loss,
     expression_regularization,
     fan_contour_landmark_loss,
     jaw_regularization,
@@ -88,6 +89,11 @@ class SmirkLossWeights:
     Attributes:
         landmark_mp: MSE of the 105 mediapipe landmarks (NDC).
         landmark_fan: MSE of the 17 FAN contour landmarks (skipped where absent).
+        landmark_aligned: MSE of the 105 mediapipe landmarks after the best affine camera
+            (:func:`smirk.losses.affine_aligned_landmark_loss`); when non-zero, expression, jaw and eyelids learn
+            from this term only and the projected landmark terms train pose, camera and shape (issue 9: the
+            expression head then cannot absorb pose/camera errors). 0 in the paper's recipe;
+            ``configs/smirk_synthetic.yaml`` turns it on.
         expression_reg: ``mean(exp^2)``.
         jaw_reg: ``mean(jaw^2)``.
         shape_teacher: ``MSE(shape, MICA(image))`` (needs MICA weights).
@@ -100,6 +106,7 @@ class SmirkLossWeights:
 
     landmark_mp: float = 100.0
     landmark_fan: float = 100.0
+    landmark_aligned: float = 0.0
     expression_reg: float = 1e-3
     jaw_reg: float = 1e-2
     shape_teacher: float = 0.0
@@ -383,12 +390,26 @@ class SmirkModule(LightningModule):
         return mesh, self.renderer(mesh.verts, enc.camera(), albedo=RENDER_ALBEDO, lights=lights)
 
     def _landmark_losses(self, enc: SmirkEncoding, mesh: MeshOutput, batch: SmirkBatch) -> dict[str, Tensor]:
-        """Landmark and regularization terms (reference "Losses": MSE in [-1, 1] crop coordinates)."""
+        """Landmark and regularization terms (reference "Losses": MSE in [-1, 1] crop coordinates).
+
+        With ``landmark_aligned`` on, the projected terms see the expression, jaw and eyelids detached (they train
+        pose, camera and shape) and the aligned term sees pose, camera and shape detached (it trains the rest).
+        """
         camera = enc.camera()
+        if self.weights.landmark_aligned:
+            nonrigid = replace(enc, shape=enc.shape.detach(), global_pose=enc.global_pose.detach(),
+                               cam=enc.cam.detach())
+            aligned = affine_aligned_landmark_loss(self.flame(nonrigid.flame_params()).landmarks_mp,
+                                                   batch.landmarks_mp)
+            rigid = replace(enc, expression=enc.expression.detach(), jaw_pose=enc.jaw_pose.detach(),
+                            eyelids=enc.eyelids.detach())
+            mesh = self.flame(rigid.flame_params())
         losses = {"landmark_mp": landmark_loss(camera.project(mesh.landmarks_mp), batch.landmarks_mp)}
         if batch.landmarks_fan is not None and self.weights.landmark_fan:
             losses["landmark_fan"] = fan_contour_landmark_loss(camera.project(mesh.landmarks68), batch.landmarks_fan,
                                                                batch.fan_valid)
+        if self.weights.landmark_aligned:
+            losses["landmark_aligned"] = aligned
         losses["expression_reg"] = expression_regularization(enc.expression)
         if self.weights.jaw_reg:
             losses["jaw_reg"] = jaw_regularization(enc.jaw_pose)

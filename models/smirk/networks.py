@@ -336,17 +336,21 @@ class SmirkEncoder(nn.Module):
         channels_last: run the backbones in the NHWC memory layout (faster, same results).
         config_keys: the config keys holding the three paths, named in warnings and errors (SmirkModule passes
             its own ``model.init_args.*_backbone_weights``).
+        pose_init_scale: the pose encoder's camera-scale bias at initialisation (:class:`PoseEncoder`
+            ``init_scale``: 7 as the reference; the synthetic world frames heads at a scale of ~9.4, so
+            ``configs/smirk_synthetic.yaml`` starts there).
     """
 
     def __init__(self, n_shape: int = 300, n_expression: int = 50, pose_pretrained_path: str | None = None,
                  shape_pretrained_path: str | None = None, expression_pretrained_path: str | None = None,
                  normalize_input: bool = True, channels_last: bool = True,
                  config_keys: tuple[str, str, str] = ("pose_pretrained_path", "shape_pretrained_path",
-                                                      "expression_pretrained_path")) -> None:
+                                                      "expression_pretrained_path"),
+                 pose_init_scale: float = 7.0) -> None:
         super().__init__()
         pose_key, shape_key, expression_key = config_keys
-        self.pose_encoder = PoseEncoder(pose_pretrained_path, normalize_input, channels_last=channels_last,
-                                        config_key=pose_key)
+        self.pose_encoder = PoseEncoder(pose_pretrained_path, normalize_input, init_scale=pose_init_scale,
+                                        channels_last=channels_last, config_key=pose_key)
         self.shape_encoder = ShapeEncoder(n_shape, shape_pretrained_path, normalize_input, channels_last,
                                           config_key=shape_key)
         self.expression_encoder = ExpressionEncoder(n_expression, expression_pretrained_path, normalize_input,
