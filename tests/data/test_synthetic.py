@@ -21,7 +21,7 @@ NOSE_TIP = 30  # iBUG-68
 
 
 def _dataset(**kwargs) -> SyntheticFaceDataset:
-    args = dict(model_path="synthetic:tiny", num_samples=16, image_size=SIZE, uv_size=64)
+    args = dict(model_path="synthetic:tiny", num_samples=16, image_size=SIZE, uv_size=64, displacement_size=64)
     args.update(kwargs)
     return SyntheticFaceDataset(**args)
 
@@ -143,8 +143,8 @@ def test_wrinkles_follow_the_expression(tiny):
     names = tiny.wrinkles.names
 
     def support(name: str) -> torch.Tensor:  # where a pattern is more than a tail
-        pattern = tiny.wrinkles.patterns[names.index(name)].abs()
-        return (pattern > 0.1 * pattern.max()).view(maps.shape[-2:])
+        pattern = tiny.wrinkles.pattern_maps()[names.index(name)].abs()
+        return pattern > 0.1 * pattern.max()
 
     forehead, folds = support("forehead_center"), support("nasolabial_left")
     energy = lambda m, region: (m[0][region] ** 2).sum()  # noqa: E731
@@ -171,8 +171,9 @@ def test_action_units_bounded_and_monotone(tiny):
 def test_ict_names_map_to_action_units():
     class FakeIct(torch.nn.Module):
         expression_names = ["mouthSmile_L", "mouthSmile_R", "jawOpen", "unknownShape"]
+        num_expression = 4
 
-    au_map = ActionUnitMap.for_model("ict", FakeIct(), synthetic=False)
+    au_map = ActionUnitMap.for_model(FakeIct())
     aus = au_map(torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.5, 0.0]]))
     assert aus[0, AU_NAMES.index("AU12")] == 1.0 and aus[0, AU_NAMES.index("AU26")] == 0
     assert aus[1, AU_NAMES.index("AU26")] == 0.5
@@ -190,7 +191,7 @@ def test_temporal_sequences_are_smooth():
     frame_step = seqs.image.diff(dim=1).abs().mean()
     assert frame_step < (seqs.image[0] - seqs.image[1]).abs().mean()
     params = seqs.flame_params()
-    assert params.shape.shape == (30, data.n_shape) and params.expression.shape == (30, data.n_exp)
+    assert params.identity.shape == (30, data.n_shape) and params.expression.shape == (30, data.n_exp)
 
 
 @pytest.mark.parametrize("family", ["bfm", "bilinear"])
@@ -202,7 +203,7 @@ def test_other_families_render(family):
     assert (_pixels_at(b.render_mask[:, 0], b.landmarks68_pix[:, NOSE_TIP : NOSE_TIP + 1]) == 1).all()
     assert b.landmarks_mp_pix is None
     assert (b.action_units >= 0).all() and (b.action_units <= 1).all()
-    assert (b.displacement_uv is None) == (family == "bfm")  # the BFM files carry no UVs
+    assert data.model.has_uv and b.displacement_uv.shape == (2, 1, 64, 64)  # every stand-in has UVs
 
 
 def test_optional_outputs():

@@ -169,6 +169,25 @@ def test_backface_factor_darkens_only_back_faces():
     assert front.any() and not front.all()
 
 
+def test_point_sampled_slopes_are_the_lookup_of_the_gradient_map():
+    verts, faces, uv = _quad(4)
+    renderer = MeshRenderer(faces, image_size=24, uv=uv, faces_uv=faces)
+    disp = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    cam = WeakPerspectiveCamera.from_params(torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.1, 0.0]]))
+    frags = renderer(verts[None].expand(2, -1, -1), cam).fragments
+    from facelab.render import interpolate_packed
+    from facelab.render.renderer import _Pixels
+
+    px = _Pixels(frags, 2)
+    px.grid = interpolate_packed(renderer.corner_grid, frags, per_corner=True)
+    pix_uv = interpolate_packed(renderer.corner_uv, frags, per_corner=True)
+    slopes = renderer._displacement_slopes(disp, px)
+    reference = sample_texture_packed(displacement_gradient(disp), pix_uv, frags.batch_idx)
+    inner = ((pix_uv > 1.5 / 16) & (pix_uv < 1 - 1.5 / 16)).all(-1)  # one-sided differences at the border
+    assert inner.sum() > 100
+    torch.testing.assert_close(slopes[inner], reference[inner], atol=1e-4, rtol=1e-5)
+
+
 def test_bump_normals_formula():
     n = torch.tensor([[0.0, 0.0, 1.0]])
     out = bump_normals(n, torch.tensor([[2.0, 0.0]]), torch.tensor([[0.5, 0.0, 0.0]]), torch.zeros(1, 3), scale=0.1)

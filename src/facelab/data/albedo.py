@@ -38,6 +38,8 @@ class TemplateSurface:
         landmarks68: (68, 3) template iBUG landmarks in metres.
         index: (N,) long flat index of each sample in an ``S_h x S_w`` UV map, or ``arange(V)`` for vertices.
         size: ``(S_h, S_w)`` of the UV layout, or None when the samples are the vertices.
+        metres_per_uv: the layout's scale on the face, ``sqrt(surface area / UV area)`` over the triangles of the
+            ``face`` region (all triangles without one); None without UVs.
     """
 
     points: np.ndarray
@@ -45,10 +47,17 @@ class TemplateSurface:
     landmarks68: np.ndarray
     index: np.ndarray
     size: tuple[int, int] | None
+    metres_per_uv: float | None = None
 
     @property
     def num_samples(self) -> int:
         return int(self.points.shape[0])
+
+    def texel_size(self) -> float:
+        """Side of one texel on the face in metres (the mean over both map axes); 0 without UVs."""
+        if self.size is None or self.metres_per_uv is None:
+            return 0.0
+        return self.metres_per_uv * (1.0 / self.size[0] + 1.0 / self.size[1]) / 2.0
 
     def region_weight(self, names: Sequence[str]) -> np.ndarray:
         """(N,) the largest membership over the listed regions (0 where the model has none of them)."""
@@ -81,6 +90,7 @@ class TemplateSurface:
         indicators = _smooth_on_mesh(indicators, faces.cpu(), smoothing_steps)
         attrs = torch.cat([verts.detach().cpu().float() * metres_per_unit, indicators], dim=1)
         lmk = landmarks68.detach().cpu().double().numpy() * metres_per_unit
+        scale = None
         if uv.numel() == 0:
             index, size, samples = np.arange(n), None, attrs.double().numpy()
         else:
@@ -88,8 +98,26 @@ class TemplateSurface:
             flat = mapper.attribute_map(attrs).flatten(2)[0].T  # (S_h * S_w, C)
             index, size = mapper.texel_idx.numpy(), mapper.size
             samples = flat[mapper.texel_idx].double().numpy()
+            scale = _layout_scale(attrs[:, :3].double(), faces.cpu(), uv.cpu().double(), faces_uv.cpu(),
+                                  regions.get("face"))
         weights = {name: samples[:, 3 + j] for j, name in enumerate(regions)}
-        return cls(points=samples[:, :3], regions=weights, landmarks68=lmk, index=index, size=size)
+        return cls(points=samples[:, :3], regions=weights, landmarks68=lmk, index=index, size=size,
+                   metres_per_uv=scale)
+
+
+def _layout_scale(points: Tensor, faces: Tensor, uv: Tensor, faces_uv: Tensor, region: Tensor | None) -> float:
+    """``sqrt(surface area / UV area)`` over the triangles inside ``region`` (vertex ids; all when None)."""
+    if region is not None:
+        inside = torch.zeros(points.shape[0], dtype=torch.bool)
+        inside[region.cpu()] = True
+        keep = inside[faces].all(dim=1)
+        if keep.any():
+            faces, faces_uv = faces[keep], faces_uv[keep]
+    tri, tuv = points[faces], uv[faces_uv]
+    area = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).norm(dim=-1).sum()
+    e1, e2 = tuv[:, 1] - tuv[:, 0], tuv[:, 2] - tuv[:, 0]
+    uv_area = (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).abs().sum()
+    return float((area / uv_area.clamp(min=1e-30)).sqrt())
 
 
 @dataclass

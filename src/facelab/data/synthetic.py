@@ -2,21 +2,33 @@
 
 Each sample is a random face (identity, expression, jaw, eyes, eyelids, head pose) of a morphable model
 (synthetic FLAME by default; BFM, FaceScape bilinear and ICT-FaceKit too), framed by a weak-perspective or
-perspective camera, lit by second-order spherical harmonics (Deep3DFaceRecon convention), textured with a
-procedural UV albedo (:mod:`facelab.data.albedo`), detailed with expression wrinkles (:mod:`facelab.data.wrinkles`)
-and composited over a random background with optional occluders. It carries (:class:`SyntheticFaceSample`):
-every parameter, the camera, 68 (and, for FLAME, 105 mediapipe) landmarks in pixels and NDC, the convex-hull face
-mask, the rendered mask, a region segmentation (:data:`SEGMENTATION_LABELS`), the UV displacement map and the
-action-unit vector. A temporal mode returns sequences whose parameters follow smooth trajectories.
+perspective camera, lit by second-order spherical harmonics (Deep3DFaceRecon convention), coloured by the model's
+own albedo basis where it has one (BFM) or else a procedural UV albedo (:mod:`facelab.data.albedo`), detailed with
+expression wrinkles (:mod:`facelab.data.wrinkles`) and composited over a random background with optional occluders.
+It carries (:class:`SyntheticFaceSample`): every parameter, the camera, 68 (and, with a mediapipe embedding, 105
+mediapipe) landmarks in pixels and NDC, the convex-hull face mask, the rendered mask, a region segmentation
+(:data:`SEGMENTATION_LABELS`), the UV displacement map, the action-unit vector and, on request, image-aligned UV
+position maps of the full and of the neutral face. A temporal mode returns sequences whose parameters follow smooth
+trajectories.
+
+The world never asks for the model's family: what it draws and how it poses a face follow from the common
+morphable API (:class:`facelab.morphable.base.MorphableModel`: ``pose_fields``, ``jaw_open_component``,
+``synthetic_expression_offset``, ``expression_range``, ``num_albedo``, ``has_uv``, ...). It renders through the one
+renderer, :class:`facelab.render.MeshRenderer`, with SH lighting and the wrinkle displacement bump-mapped per pixel
+(details finer than the mesh shade at the render resolution).
 
 Determinism: sample ``i`` of split ``s`` is generated from its own ``torch.Generator`` seeded with
 ``(seed, SPLIT_OFFSETS[s] + i)`` (never the global RNG), so every worker and DDP rank produces the same sample for
 the same index, whatever the batching. Splits are disjoint ranges of that key.
 
 Frames and conventions: model frame of :mod:`facelab.morphable.base` (+y up, face along +z); NDC (+y up, [-1, 1])
-and pixels (origin top-left corner, +v down) as in :mod:`facelab.render.camera`. ``global_pose`` is FLAME's root
-rotation for FLAME; for the other families (which have no skeleton) the mesh is rotated rigidly about the model's
-origin by the same axis-angle. Images are square (``image_size`` pixels a side).
+and pixels (origin top-left corner, +v down) as in :mod:`facelab.render.camera`. ``global_pose`` is the head
+rotation of :meth:`~facelab.morphable.base.MorphableModel.forward_posed`: the root joint of a skinned model (FLAME),
+a rigid rotation about the model's origin for the others. Images are square (``image_size`` pixels a side).
+Image-aligned positions (the UV position maps, PRNet / DualStream "attribute spatial maps") are ``(u, v, z)``:
+the pixel coordinates of the point and its height toward the camera in pixels at the model origin's magnification,
+zero at the origin's depth (weak perspective: ``z = s z_model W / 2``; perspective: ``z = f (d_0 - d) / d_0`` with
+``d`` the point's and ``d_0`` the origin's depth).
 
 Generation is batched: :meth:`SyntheticFaceDataset.__getitems__` (which ``torch.utils.data.DataLoader`` calls
 with a whole batch of indices) runs the model, the UV maps and the rasterizer once for the batch.
@@ -25,6 +37,7 @@ with a whole batch of indices) runs the model, the UV maps and the rasterizer on
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
@@ -34,21 +47,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from facelab.data.albedo import UNITS_TO_METRES, AlbedoParams, ProceduralAlbedo, TemplateSurface
-from facelab.data.wrinkles import ActionUnitMap, WrinkleModel
+from facelab.data.wrinkles import ActionUnitMap, WrinkleModel, head_expression_offset, wrinkle_map_size
 from facelab.masks import convex_hull_mask
-from facelab.morphable import FlameParams, MeshOutput, MorphableModel, load_model
-from facelab.render import (
-    PerspectiveCamera,
-    WeakPerspectiveCamera,
-    axis_angle_to_matrix,
-    interpolate_packed,
-    rasterize,
-    sh_basis,
-    sh_coeffs_to_bands,
-    vertex_normals,
-)
+from facelab.morphable import FlameParams, MeshOutput, MorphableModel, MorphableParams, load_model
+from facelab.render import MeshRenderer, PerspectiveCamera, WeakPerspectiveCamera
 from facelab.render.camera import ndc_to_pixels
-from facelab.uv import sample_texture
+from facelab.uv import UVMapper
 
 __all__ = [
     "SEGMENTATION_LABELS",
@@ -105,6 +109,10 @@ class SceneConfig:
         temporal_pose_scale: temporal mode: head rotation at keyframes around the sequence's base pose, as a
             fraction of the ranges above.
         blink_rate_hz: temporal mode: blinks per second (at ``fps``).
+        wrinkle_depth: factor on the depths of the wrinkle patterns (:data:`facelab.data.wrinkles.WRINKLE_PATTERNS`:
+            0.5-2 mm at full activation; converted to the model's units by its ``units``).
+        wrinkle_width: factor on the widths of the wrinkle grooves.
+        albedo_scale: standard deviation of the coefficients of a model's own albedo basis (BFM).
     """
 
     yaw_deg: float = 40.0
@@ -126,6 +134,9 @@ class SceneConfig:
     keyframe_interval: int = 12
     temporal_pose_scale: float = 0.35
     blink_rate_hz: float = 0.3
+    wrinkle_depth: float = 1.0
+    wrinkle_width: float = 1.0
+    albedo_scale: float = 1.0
 
 
 # ------------------------------------------------------------------------------------------------------ samples
@@ -134,23 +145,22 @@ class _FaceRecord:
     """Fields shared by :class:`SyntheticFaceSample` and :class:`SyntheticFaceBatch`.
 
     Shapes are for one sample; a batch prepends ``B``; a temporal sample prepends ``T`` to the per-frame fields
-    (marked *). ``H = W = image_size``, ``S = uv_size``.
+    (marked *). ``H = W = image_size``, ``S = uv_size``, ``S_d = displacement_size``.
 
     Attributes:
         index: () long, the sample's index in its split.
         image: * (3, H, W) float RGB in [0, 1].
         shape: (K_id,) identity coefficients.
         expression: * (K_exp,) expression coefficients.
-        global_pose: * (3,) axis-angle head rotation (FLAME's root joint; a rigid rotation about the model origin
-            for the other families).
-        neck_pose, jaw_pose: * (3,) axis-angle (zeros for families without these joints).
+        global_pose: * (3,) axis-angle head rotation (a skinned model's root joint; a rigid rotation about the model
+            origin for the others).
+        neck_pose, jaw_pose: * (3,) axis-angle (zeros for models without these joints).
         eye_pose: * (6,) left then right eyeball axis-angle (zeros without eye joints).
         eyelids: * (2,) left, right closure in [0, 1] (zeros without eyelid blendshapes).
         camera: (3,) weak-perspective ``[s, tx, ty]`` (model units), or (7,) perspective
             ``[fx, fy, cx, cy, tx, ty, tz]`` (pixels; translation in model units; rotation identity), see
             :meth:`SyntheticFaceBatch.camera_object`.
         sh_coeffs: (27,) SH lighting, Deep3DFaceRecon layout (9 red, 9 green, 9 blue), no ambient offset.
-        albedo_params: (A,) :meth:`facelab.data.albedo.AlbedoParams.as_vector`.
         landmarks68_3d: * (68, 3) posed iBUG landmarks, model frame.
         landmarks68_pix: * (68, 2) pixel coordinates ``(u, v)`` (origin top-left corner).
         landmarks68_ndc: * (68, 2) NDC ``(x, y)`` in [-1, 1], +y up.
@@ -159,10 +169,20 @@ class _FaceRecord:
         segmentation: * (H, W) long ids of :data:`SEGMENTATION_LABELS`.
         action_units: * (17,) in [0, 1], ordered as :data:`facelab.data.wrinkles.AU_NAMES`.
         action_channels: * (C,) per-side intensities, :data:`facelab.data.wrinkles.ACTION_CHANNELS`.
-        landmarks_mp_pix, landmarks_mp_ndc: * (105, 2) mediapipe landmarks (FLAME with its embedding, else None).
-        displacement_uv: * (1, S, S) wrinkle displacement in millimetres (models with UVs, else None).
-        albedo_uv: (3, S, S) the albedo texture (with ``return_albedo``, else None).
+        albedo_params: (A,) :meth:`facelab.data.albedo.AlbedoParams.as_vector` of the procedural albedo (None when
+            the face is coloured by the model's albedo basis).
+        albedo: (K_alb,) coefficients of the model's own albedo basis (``MorphableParams.albedo``; None with the
+            procedural albedo).
+        landmarks_mp_pix, landmarks_mp_ndc: * (105, 2) mediapipe landmarks (models with that embedding, else None).
+        displacement_uv: * (1, S_d, S_d) wrinkle displacement in millimetres (models with UVs, else None).
+        albedo_uv: (3, S, S) the albedo texture; per-vertex (V, 3) colours for a model without UVs (with
+            ``return_albedo``, else None).
         verts: * (V, 3) posed vertices, model frame (with ``return_vertices``, else None).
+        position_uv: * (3, S, S) image-aligned UV position map ``(u, v, z)`` of the full face (module docstring;
+            with ``return_position_maps`` on a model with UVs, else None).
+        position_neutral_uv: * (3, S, S) the same of the identity-only neutral face (expression, jaw, eyes and
+            eyelids at rest) under the same head pose and camera: DualStream's identity map; the expression map is
+            ``position_uv - position_neutral_uv``.
         camera_model: ``"weak"`` or ``"perspective"``.
         family: the morphable model family.
     """
@@ -178,7 +198,6 @@ class _FaceRecord:
     eyelids: Tensor
     camera: Tensor
     sh_coeffs: Tensor
-    albedo_params: Tensor
     landmarks68_3d: Tensor
     landmarks68_pix: Tensor
     landmarks68_ndc: Tensor
@@ -187,11 +206,15 @@ class _FaceRecord:
     segmentation: Tensor
     action_units: Tensor
     action_channels: Tensor
+    albedo_params: Tensor | None = None
+    albedo: Tensor | None = None
     landmarks_mp_pix: Tensor | None = None
     landmarks_mp_ndc: Tensor | None = None
     displacement_uv: Tensor | None = None
     albedo_uv: Tensor | None = None
     verts: Tensor | None = None
+    position_uv: Tensor | None = None
+    position_neutral_uv: Tensor | None = None
     camera_model: str = "weak"
     family: str = "flame"
 
@@ -225,17 +248,29 @@ class SyntheticFaceBatch(_FaceRecord):
                                  rotation=torch.eye(3, dtype=c.dtype, device=c.device).expand(c.shape[0], 3, 3),
                                  translation=c[:, 4:7])
 
-    def flame_params(self) -> FlameParams:
-        """The FLAME parameters (per frame: a temporal batch is flattened to ``B * T`` rows, shape repeated)."""
+    def _per_frame(self) -> dict[str, Tensor]:
+        """identity, albedo and the per-frame blocks, a temporal batch flattened to ``B * T`` rows."""
+        out = {k: getattr(self, k) for k in ("expression", *_POSE_FIELDS)}
+        static = {"identity": self.shape, "albedo": self.albedo}
         if self.expression.dim() == 3:
             t = self.expression.shape[1]
-            shape = self.shape[:, None].expand(-1, t, -1).flatten(0, 1)
-            flat = {k: getattr(self, k).flatten(0, 1) for k in ("expression", "global_pose", "neck_pose",
-                                                                "jaw_pose", "eye_pose", "eyelids")}
-            return FlameParams(identity=shape, **flat)
-        return FlameParams(identity=self.shape, expression=self.expression, global_pose=self.global_pose,
-                           neck_pose=self.neck_pose, jaw_pose=self.jaw_pose, eye_pose=self.eye_pose,
-                           eyelids=self.eyelids)
+            out = {k: v.flatten(0, 1) for k, v in out.items()}
+            static = {k: None if v is None else v.repeat_interleave(t, dim=0) for k, v in static.items()}
+        return {**static, **out}
+
+    def flame_params(self) -> FlameParams:
+        """The FLAME parameters (per frame: a temporal batch is flattened to ``B * T`` rows, shape repeated)."""
+        p = self._per_frame()
+        return FlameParams(identity=p["identity"], expression=p["expression"],
+                           **{k: p[k] for k in _POSE_FIELDS})
+
+    def params(self, model: MorphableModel) -> MorphableParams:
+        """The batch's parameters as ``model``'s params (the fields the model uses; ``global_pose`` is left out for
+        a model without a skeleton, whose head rotation is rigid: apply it with ``model.forward_posed(params,
+        batch.global_pose)``). Temporal batches are flattened to ``B * T`` rows."""
+        p = self._per_frame()
+        poses = {k: p[k] for k in model.pose_fields}
+        return model.make_params(p["identity"], p["expression"], p["albedo"], **poses)
 
 
 @dataclass
@@ -259,6 +294,10 @@ class SyntheticFaceSample(_FaceRecord):
 
 
 # ------------------------------------------------------------------------------------------- model adapters
+#: The optional per-frame pose blocks of the record, in the order of the FLAME params (zeros where unused).
+_POSE_FIELDS = ("global_pose", "neck_pose", "jaw_pose", "eye_pose", "eyelids")
+
+
 @dataclass
 class _Frames:
     """Per-frame parameters of N frames (every tensor (N, ...))."""
@@ -275,40 +314,57 @@ class _Frames:
     def cat(cls, items: list[_Frames]) -> _Frames:
         return cls(**{f.name: torch.cat([getattr(i, f.name) for i in items]) for f in fields(cls)})
 
-
-def _dims(family: str, model: MorphableModel) -> tuple[int, int]:
-    """(identity, expression) coefficient counts of a model."""
-    if family == "flame":
-        return model.n_shape, model.n_expression
-    if family == "bfm":
-        return model.num_id, model.num_exp
-    if family == "bilinear":
-        return model.num_id, model.num_exp
-    if family == "ict":
-        return model.num_identities, model.num_expressions
-    raise ValueError(f"unknown model family '{family}'")
+    def neutral(self) -> _Frames:
+        """The identity-only face under the same head pose: expression, jaw, eyes and eyelids at rest."""
+        z = torch.zeros_like
+        return replace(self, expression=z(self.expression), jaw_pose=z(self.jaw_pose), eye_pose=z(self.eye_pose),
+                       eyelids=z(self.eyelids))
 
 
-def _forward(family: str, model: MorphableModel, p: _Frames) -> MeshOutput:
-    """Posed meshes in the model frame: FLAME's own pose, or a rigid rotation for the other families."""
-    if family == "flame":
-        eyelids = p.eyelids if model.has_eyelids else None
-        return model(FlameParams(identity=p.shape, expression=p.expression, global_pose=p.global_pose,
-                                 neck_pose=p.neck_pose, jaw_pose=p.jaw_pose, eye_pose=p.eye_pose, eyelids=eyelids))
-    if family == "bfm":
-        from facelab.morphable.bfm import BfmParams
+def _forward(model: MorphableModel, p: _Frames, albedo: Tensor | None = None) -> MeshOutput:
+    """Posed meshes in the model frame (:meth:`MorphableModel.forward_posed`: a skinned model's root joint, a rigid
+    rotation about the origin for the others), with the model's albedo for (N, K_alb) ``albedo``."""
+    poses = {k: getattr(p, k) for k in model.pose_fields if k != "global_pose"}
+    return model.forward_posed(model.make_params(p.shape, p.expression, albedo, **poses), head_pose=p.global_pose)
 
-        out = model(BfmParams(identity=p.shape, expression=p.expression))
-    elif family == "bilinear":
-        from facelab.morphable.bilinear import BilinearParams
 
-        out = model(BilinearParams(identity=p.shape, expression=p.expression))
-    else:
-        from facelab.morphable.ict import IctParams
+#: Constants shared by the datasets of one model (a DataModule's splits): model -> {settings: constants}.
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-        out = model(IctParams(identity=p.shape, expression=p.expression))
-    rot_t = axis_angle_to_matrix(p.global_pose).transpose(1, 2)
-    return MeshOutput(verts=out.verts @ rot_t, landmarks68=out.landmarks68 @ rot_t)
+
+def _shared_constants(ds: SyntheticFaceDataset, template: MeshOutput, displacement_size: int | None) -> dict:
+    """The albedo layers, wrinkle patterns, AU map and detail filter of a dataset, built once per model and settings.
+
+    Both UV fields are evaluated on the template surface in metres: the albedo at ``uv_size``, the wrinkles at
+    ``displacement_size`` (by default large enough for the grooves on this layout).
+    """
+    m, s = ds.model, ds.scene
+    key = (ds.uv_size, displacement_size, ds.seed, ds.synthetic, ds.model_albedo, s.wrinkle_depth, s.wrinkle_width,
+           ds.image_size, s.framing)
+    per_model = _SHARED.setdefault(m, {})
+    if key in per_model:
+        return per_model[key]
+    verts, lmk = template.verts[0], template.landmarks68[0]
+    surface = TemplateSurface.from_mesh(verts, m.faces, m.uv, m.faces_uv, m.regions, lmk, ds.metres_per_unit,
+                                        ds.uv_size)
+    albedo = None if ds.model_albedo else ProceduralAlbedo(surface, seed=ds.seed)
+    wrinkles, pool = None, 1
+    if ds.has_uv:
+        size = displacement_size or wrinkle_map_size(surface.metres_per_uv, s.wrinkle_width)
+        detail = surface if size == ds.uv_size else TemplateSurface.from_mesh(
+            verts, m.faces, m.uv, m.faces_uv, m.regions, lmk, ds.metres_per_unit, size)
+        wrinkles = WrinkleModel(detail, depth_scale=s.wrinkle_depth, width_scale=s.wrinkle_width)
+        # Rendered pixels much coarser than the texels (small images) would alias the grooves: shade from the map
+        # box-filtered to about the pixel footprint (a global mip level).
+        pts = lmk if template.landmarks_mp is None else torch.cat([lmk, template.landmarks_mp[0]])
+        side_m = float((pts.amax(0) - pts.amin(0))[:2].max()) * ds.metres_per_unit
+        pixel_m = side_m * sum(s.framing) / 2.0 / ds.image_size
+        ratio = pixel_m / max(detail.texel_size(), 1e-12)
+        pool = 1 << int(math.floor(math.log2(ratio))) if ratio >= 2.0 else 1
+    out = dict(albedo=albedo, wrinkles=wrinkles, detail_pool=pool, au_map=ActionUnitMap.for_model(m, ds.synthetic),
+               head_offset=head_expression_offset(m, ds.synthetic))
+    per_model[key] = out
+    return out
 
 
 def _face_labels(model: MorphableModel) -> Tensor:
@@ -330,7 +386,7 @@ class _Scene:
     framing: Tensor  # (3,) image/bbox ratio, centre jitter x, y (bbox sides)
     distance_m: Tensor  # () perspective camera distance
     sh_coeffs: Tensor  # (27,)
-    albedo: AlbedoParams  # batch 1
+    albedo: AlbedoParams | Tensor  # batch 1: procedural parameters, or (1, K_alb) the model's albedo coefficients
     background: Tensor  # (3, 4, 4) low-resolution colour field (upsampled bicubically)
     texture: Tensor  # (3, 32, 32) background texture noise (upsampled bilinearly)
     blobs: Tensor  # (4, 8) background ellipses: centre x, y, radii, angle, colour rgb (all in [0, 1])
@@ -351,7 +407,8 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
     """Rendered random faces with ground truth (see the module docstring).
 
     Args:
-        family: morphable model family: ``flame`` | ``bfm`` | ``bilinear`` | ``ict``.
+        family: morphable model family (``flame`` | ``bfm`` | ``bilinear`` | ``ict``): which model
+            :func:`facelab.morphable.load_model` builds from ``model_path``, and the record's ``family``.
         model_path: the model's asset (``"synthetic"`` / ``"synthetic:tiny"`` for the generated stand-ins; for
             ICT the ``FaceXModel`` folder).
         num_samples: length of the split.
@@ -359,19 +416,25 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
         seed: dataset seed; with the split and the index it determines every sample.
         image_size: side of the square images in pixels.
         camera: ``weak`` (DECA/SMIRK scaled orthographic) or ``perspective`` (pinhole).
-        uv_size: side of the UV albedo and displacement maps.
+        uv_size: side of the UV albedo texture and of the UV position maps.
+        displacement_size: side of the wrinkle displacement maps (returned, and bump-mapped into the images);
+            None: the smallest power of two that puts two texels across the narrowest groove's width on the
+            model's UV layout (:func:`facelab.data.wrinkles.wrinkle_map_size`; 512 for FLAME's layout).
         sequence_length: 0 for single frames; ``T >= 1`` for sequences of T frames: identity, albedo, lighting,
             background and camera are fixed (the camera frames the landmarks of all frames), expression, jaw,
             eyes and head pose follow smoothstep-interpolated keyframes, eyelids add random blinks.
         fps: frame rate of sequences (sets blink durations and rates).
         scene: the scene distributions (:class:`SceneConfig` defaults when None).
-        render_wrinkles: shade the rendered skin with the wrinkle displacement (detail normals).
+        render_wrinkles: shade the rendered skin with the wrinkle displacement (bump-mapped detail normals).
         return_albedo: include the albedo texture in each sample.
         return_vertices: include the posed vertices in each sample.
+        return_position_maps: include the image-aligned UV position maps of the full and of the neutral face
+            (models with UVs).
+        albedo_source: ``"model"``: the model's own albedo basis (needs ``model.num_albedo > 0``); ``"procedural"``:
+            :class:`facelab.data.albedo.ProceduralAlbedo`; ``"auto"``: the model's where it has one.
         model: an already built model of ``family`` (overrides ``model_path``).
         synthetic: whether the model is a generated stand-in, whose expression components have known meanings
-            (action units, expression prior); None: ``model_path`` starts with ``"synthetic"`` and no ``model``
-            was given.
+            (action units, expression prior); None: ``model.is_synthetic``.
     """
 
     def __init__(
@@ -384,12 +447,15 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
         image_size: int = 224,
         camera: Literal["weak", "perspective"] = "weak",
         uv_size: int = 256,
+        displacement_size: int | None = None,
         sequence_length: int = 0,
         fps: float = 25.0,
         scene: SceneConfig | None = None,
         render_wrinkles: bool = True,
         return_albedo: bool = False,
         return_vertices: bool = False,
+        return_position_maps: bool = False,
+        albedo_source: Literal["auto", "model", "procedural"] = "auto",
         model: MorphableModel | None = None,
         synthetic: bool | None = None,
     ) -> None:
@@ -400,42 +466,54 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
             raise ValueError(f"camera must be 'weak' or 'perspective', got '{camera}'")
         if not 0 <= num_samples <= 10**9:
             raise ValueError(f"num_samples must be in [0, 1e9], got {num_samples}")
+        if albedo_source not in ("auto", "model", "procedural"):
+            raise ValueError(f"albedo_source must be 'auto', 'model' or 'procedural', got '{albedo_source}'")
+        if displacement_size is not None and displacement_size < 4:
+            raise ValueError(f"displacement_size must be >= 4 (or None), got {displacement_size}")
         self.family = family.lower()
         self.model_path = model_path
         self.model = (model if model is not None else load_model(self.family, model_path)).eval()
-        self.synthetic = (model is None and str(model_path).startswith("synthetic")) if synthetic is None \
-            else bool(synthetic)
+        self.synthetic = bool(self.model.is_synthetic) if synthetic is None else bool(synthetic)
         self.num_samples, self.split, self.seed = int(num_samples), split, int(seed)
         self.image_size, self.camera_model, self.uv_size = int(image_size), camera, int(uv_size)
         self.sequence_length, self.fps = int(sequence_length), float(fps)
         self.scene = scene or SceneConfig()
         self.render_wrinkles, self.return_albedo, self.return_vertices = render_wrinkles, return_albedo, return_vertices
-        self.n_shape, self.n_exp = _dims(self.family, self.model)
+        self.return_position_maps = return_position_maps
+        self.n_shape, self.n_exp = self.model.num_identity, self.model.num_expression
+        if albedo_source == "model" and not self.model.num_albedo:
+            raise ValueError(f"albedo_source='model' but {type(self.model).__name__} has no albedo basis")
+        self.model_albedo = albedo_source == "model" or (albedo_source == "auto" and self.model.num_albedo > 0)
         self.metres_per_unit = UNITS_TO_METRES[self.model.units]
-        self._build_constants()
+        self._build_constants(displacement_size)
 
     # ------------------------------------------------------------------------------------------ constants
     @torch.no_grad()
-    def _build_constants(self) -> None:
-        """Per-dataset constants: template surface, albedo layers, wrinkle patterns, renderer, region labels."""
+    def _build_constants(self, displacement_size: int | None) -> None:
+        """Per-dataset constants: albedo layers, wrinkle patterns, renderer, region labels, what the model has."""
         m = self.model
-        zero = self._zero_frames(1)
-        template = _forward(self.family, m, zero)
-        self.has_uv = m.uv.numel() > 0
-        surface = TemplateSurface.from_mesh(template.verts[0], m.faces, m.uv, m.faces_uv, m.regions,
-                                            template.landmarks68[0], self.metres_per_unit, self.uv_size)
-        self.albedo = ProceduralAlbedo(surface, seed=self.seed)
-        self.au_map = ActionUnitMap.for_model(self.family, m, synthetic=self.synthetic)
-        self.wrinkles = WrinkleModel(surface) if self.has_uv else None
+        self.pose_fields = tuple(m.pose_fields)
+        self.has_uv = m.has_uv
+        self.has_eyelids = "eyelids" in self.pose_fields
+        template = _forward(m, self._zero_frames(1))
+        self.has_mediapipe = template.landmarks_mp is not None
+        shared = _shared_constants(self, template, displacement_size)
+        self.albedo, self.wrinkles, self.au_map = shared["albedo"], shared["wrinkles"], shared["au_map"]
+        self.displacement_size = None if self.wrinkles is None else self.wrinkles.size[0]
+        self._detail_pool = shared["detail_pool"]
+        self._head_offset = shared["head_offset"]
         keep = torch.ones(m.num_faces, dtype=torch.bool)
         for name in _HIDDEN_REGIONS:
             if name in m.regions:
                 keep[m.region_faces(name)] = False
-        self.faces = m.faces[keep]  # the rendered triangles
-        self.corner_uv = m.uv[m.faces_uv[keep]] if self.has_uv else None  # (F_r, 3, 2)
+        subset = None if keep.all() else torch.nonzero(keep).squeeze(1)
+        self.renderer = MeshRenderer.from_model(m, image_size=self.image_size, sh_convention="deep3d",
+                                                backface_factor=_BACKFACE_DARKENING, face_subset=subset)
+        self.faces = self.renderer.faces  # the rendered triangles
         self.face_labels = _face_labels(m)[keep]
-        self.has_mediapipe = self.family == "flame" and m.has_mediapipe
-        self.has_eyelids = self.family == "flame" and m.has_eyelids
+        self.uv_mapper = None
+        if self.return_position_maps and self.has_uv:
+            self.uv_mapper = UVMapper(m.faces, m.uv, m.faces_uv, self.uv_size, num_verts=m.num_verts)
 
     def _zero_frames(self, n: int) -> _Frames:
         z = torch.zeros
@@ -455,22 +533,25 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
         return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
     def _expression(self, g: torch.Generator, jaw_open: Tensor) -> Tensor:
-        """(K_exp,) expression coefficients of one frame (``jaw_open`` in radians for jaw-less stand-ins)."""
-        s, k = self.scene, self.n_exp
-        if self.family == "ict":
+        """(K_exp,) expression coefficients of one frame (``jaw_open`` in radians, for a stand-in that opens its jaw
+        with a blendshape)."""
+        s, k, m = self.scene, self.n_exp, self.model
+        offset = self._head_offset
+        if offset is None and m.expression_range is not None:  # blendshape weights (ICT, FaceScape): a few active
+            lo, hi = m.expression_range
             active = torch.rand(k, generator=g) < s.expression_active_prob * 0.5
-            return (torch.rand(k, generator=g) * active * s.expression_scale).clamp(0.0, 1.0)
-        if not self.synthetic:  # an unlabelled PCA basis: a decaying Gaussian prior
+            return (lo + (hi - lo) * torch.rand(k, generator=g) * active * s.expression_scale).clamp(lo, hi)
+        if offset is None:  # an unlabelled PCA basis: a decaying Gaussian prior
             std = 0.8 / torch.sqrt(1.0 + torch.arange(k) / 5.0)
             return torch.randn(k, generator=g) * std * s.expression_scale
-        offset = 0 if self.family == "flame" else 1
         std = torch.full((k,), 0.25)
         std[offset:offset + _HEAD_SEMANTIC] = 1.0
         active = torch.ones(k, dtype=torch.bool)
         active[offset:offset + _HEAD_SEMANTIC] = torch.rand(_HEAD_SEMANTIC, generator=g) < s.expression_active_prob
         exp = torch.randn(k, generator=g) * std * active * s.expression_scale
-        if offset:
-            exp[0] = jaw_open / (0.12 if self.family == "bfm" else 0.3)
+        jaw = m.jaw_open_component
+        if jaw is not None and "jaw_pose" not in self.pose_fields:
+            exp[jaw[0]] = jaw_open / jaw[1]
         return exp
 
     def _frame_params(self, g: torch.Generator, shape: Tensor, pose_scale: float = 1.0,
@@ -489,10 +570,10 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
         eyes = torch.cat([gaze, torch.zeros(1)]).repeat(2)
         blink = torch.rand((), generator=g) < s.blink_prob
         lids = (0.25 * torch.rand(2, generator=g)).where(~blink, torch.rand(1, generator=g).expand(2) * 0.6 + 0.4)
-        if self.family != "flame":  # no skeleton: only the rigid head rotation is used
-            jaw, neck, eyes, lids = torch.zeros(3), torch.zeros(3), torch.zeros(6), torch.zeros(2)
-        elif not self.has_eyelids:
-            lids = torch.zeros(2)
+        # the blocks the model has no parameter for stay at rest (a model without a skeleton: only the rigid head
+        # rotation is used)
+        blocks = {"neck_pose": neck, "jaw_pose": jaw, "eye_pose": eyes, "eyelids": lids}
+        neck, jaw, eyes, lids = (v if k in self.pose_fields else torch.zeros_like(v) for k, v in blocks.items())
         return _Frames(shape=shape[None], expression=exp[None], global_pose=pose[None], neck_pose=neck[None],
                        jaw_pose=jaw[None], eye_pose=eyes[None], eyelids=lids[None])
 
@@ -536,13 +617,14 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
         """Draw every random choice of sample ``index`` from its generator, in a fixed order."""
         g, s = self.generator(index), self.scene
         shape = torch.randn(self.n_shape, generator=g) * s.identity_scale
-        if self.family == "ict":
-            shape = shape * 0.7
         frames = self._trajectory(g, shape) if self.sequence_length > 0 else self._frame_params(g, shape)
         framing = torch.stack([_uniform(g, *s.framing), *_uniform(g, -s.center_jitter, s.center_jitter, 2)])
         distance = _uniform(g, *s.distance_m)
         sh = self._sh(g)
-        albedo = self.albedo.sample_params(g, 1)
+        if self.model_albedo:
+            albedo = torch.randn(1, self.model.num_albedo, generator=g) * s.albedo_scale
+        else:
+            albedo = self.albedo.sample_params(g, 1)
         background = torch.rand(3, 4, 4, generator=g) * 0.9 + 0.05
         texture = torch.randn(3, 32, 32, generator=g) * 0.08 * torch.rand((), generator=g)
         blobs = torch.rand(4, 8, generator=g)
@@ -571,20 +653,27 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
         scenes = [self._scene(i) for i in indices]
         t = max(1, self.sequence_length)
         frames = _Frames.cat([sc.frames for sc in scenes])  # (N = len(indices) * T, ...)
-        mesh = _forward(self.family, self.model, frames)
+        coeffs = torch.cat([sc.albedo for sc in scenes]) if self.model_albedo else None  # (B, K_alb)
+        mesh = _forward(self.model, frames, None if coeffs is None else coeffs.repeat_interleave(t, dim=0))
         cameras, cam_vectors = self._cameras(scenes, mesh, t)
-        channels = self.au_map.channels(frames.expression, frames.jaw_pose if self.family == "flame" else None,
+        channels = self.au_map.channels(frames.expression,
+                                        frames.jaw_pose if "jaw_pose" in self.pose_fields else None,
                                         frames.eyelids if self.has_eyelids else None)
         aus = self.au_map.action_units(channels)
         disp = self.wrinkles(channels) if self.wrinkles is not None else None
-        albedo_params = _cat_albedo([sc.albedo for sc in scenes])
-        albedo = self.albedo(albedo_params)
-        render = self._render(mesh.verts, cameras, albedo, torch.stack([sc.sh_coeffs for sc in scenes]), disp, t)
+        albedo_params = None if self.model_albedo else _cat_albedo([sc.albedo for sc in scenes])
+        sh = torch.stack([sc.sh_coeffs for sc in scenes])
+        albedo, render = self._render(mesh, cameras, albedo_params, sh, disp, t)
         lmk68_ndc = cameras.project(mesh.landmarks68)[..., :2]
         lmk_mp_ndc = cameras.project(mesh.landmarks_mp)[..., :2] if self.has_mediapipe else None
         all_ndc = lmk68_ndc if lmk_mp_ndc is None else torch.cat([lmk68_ndc, lmk_mp_ndc], dim=1)
         hull = convex_hull_mask(ndc_to_pixels(all_ndc, self.image_size), (self.image_size, self.image_size))
         image, seg = self._composite(scenes, render, all_ndc, t)
+        position = neutral = None
+        if self.uv_mapper is not None:
+            position = self.uv_mapper.position_map(self.image_aligned(mesh.verts, cameras))
+            neutral_verts = _forward(self.model, frames.neutral()).verts
+            neutral = self.uv_mapper.position_map(self.image_aligned(neutral_verts, cameras))
         per_frame = dict(
             image=image, expression=frames.expression, global_pose=frames.global_pose, neck_pose=frames.neck_pose,
             jaw_pose=frames.jaw_pose, eye_pose=frames.eye_pose, eyelids=frames.eyelids,
@@ -593,11 +682,11 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
             segmentation=seg, action_units=aus, action_channels=channels, displacement_uv=disp,
             landmarks_mp_ndc=lmk_mp_ndc,
             landmarks_mp_pix=None if lmk_mp_ndc is None else ndc_to_pixels(lmk_mp_ndc, self.image_size),
-            verts=mesh.verts if self.return_vertices else None,
+            verts=mesh.verts if self.return_vertices else None, position_uv=position, position_neutral_uv=neutral,
         )
-        sh = torch.stack([sc.sh_coeffs for sc in scenes])
         static = dict(shape=frames.shape[::t], camera=cam_vectors, sh_coeffs=sh,
-                      albedo_params=albedo_params.as_vector(), albedo_uv=albedo if self.return_albedo else None)
+                      albedo_params=None if albedo_params is None else albedo_params.as_vector(), albedo=coeffs,
+                      albedo_uv=albedo if self.return_albedo else None)
         return [self._sample(i, n, per_frame, static, t) for n, i in enumerate(indices)]
 
     def _sample(self, index: int, n: int, per_frame: dict, static: dict, t: int) -> SyntheticFaceSample:
@@ -640,43 +729,51 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
                                 rotation=torch.eye(3).expand(n, 3, 3), translation=rep[:, 4:7])
         return cam, vec
 
-    def _render(self, verts: Tensor, cameras, albedo: Tensor, sh: Tensor, disp: Tensor | None, t: int) -> _Render:
-        """Render all N frames: UV albedo (or vertex colours), SH shading with wrinkle bump-mapping.
+    def image_aligned(self, points: Tensor, cameras) -> Tensor:
+        """(N, P, 3) model-frame points -> (N, P, 3) image-aligned ``(u, v, z)`` in pixels (module docstring)."""
+        view = cameras.to_view(points)
+        pix = ndc_to_pixels(cameras.view_to_ndc(view), self.image_size)
+        if isinstance(cameras, WeakPerspectiveCamera):
+            z = view[..., 2] * (self.image_size / 2.0)  # view = s (x + t): s z, in NDC -> pixels
+        else:
+            d0 = -cameras.translation[:, 2:3]  # depth of the model origin (rotation is the identity here)
+            z = (d0 + view[..., 2]) * cameras.focal[:, 0:1] / d0
+        return torch.cat([pix, z[..., None]], dim=-1)
 
-        Wrinkles perturb the interpolated vertex normal by the surface gradient of the displacement,
-        ``n' = normalize(n - grad_S d)`` (bump mapping of ``P + d n``), with ``grad_S d = d_u grad u + d_v grad v``
-        from the per-triangle gradients of the UV parameterisation; both cameras here have an identity rotation,
-        so model-frame normals are view-frame normals.
+    def _render(self, mesh: MeshOutput, cameras, albedo_params: AlbedoParams | None, sh: Tensor,
+                disp: Tensor | None, t: int) -> tuple[Tensor, _Render]:
+        """Render all N frames with :class:`MeshRenderer`: UV albedo texture or vertex colours (procedural, or the
+        model's albedo basis), SH shading, the wrinkle displacement bump-mapped per pixel, back faces (the inside of
+        the mouth seen through the lips) as a dark cavity.
+
+        Returns the albedo (per sample: (B, 3, S, S) texture or (B, V, 3) colours) and the render.
         """
         rep = lambda x: x.repeat_interleave(t, dim=0)  # noqa: E731  per-sample -> per-frame
-        ndc = cameras.project(verts)
-        frags = rasterize(ndc, self.faces, self.image_size, perspective_correct=cameras.is_perspective)
-        normals = interpolate_packed(vertex_normals(verts, self.faces), frags, per_corner=False)  # (M, 3)
-        if self.has_uv:
-            maps = rep(albedo)
-            bump = self.render_wrinkles and disp is not None
-            if bump:
-                maps = torch.cat([maps, _uv_gradient(disp)], dim=1)
-            uv = frags.unpack(interpolate_packed(self.corner_uv, frags, per_corner=True))  # (N, H, W, 2)
-            sampled = sample_texture(maps, uv).permute(0, 2, 3, 1).flatten(0, 2)[frags.pix_idx]  # (M, C)
-            colour = sampled[:, :3]
-            if bump:
-                grad_u, grad_v = _uv_surface_gradients(verts, self.faces, self.corner_uv)  # (N, F, 3) each
-                flat = frags.batch_idx * self.faces.shape[0] + frags.face_idx
-                slope = sampled[:, 3:4] * grad_u.flatten(0, 1)[flat] + sampled[:, 4:5] * grad_v.flatten(0, 1)[flat]
-                normals = normals - slope * (1e-3 / self.metres_per_unit)  # displacement is in millimetres
+        texture = colours = None
+        if self.model_albedo:
+            colours = mesh.albedo  # (N, V, 3), per frame already
+            albedo = colours[::t]
+            if self.return_albedo and self.has_uv:
+                albedo = self._albedo_mapper().attribute_map(albedo)
         else:
-            colour = interpolate_packed(rep(albedo), frags, per_corner=False)
-        normals = F.normalize(normals, dim=-1, eps=1e-12)
-        shading = _sh_packed(normals, sh_coeffs_to_bands(rep(sh)), frags)
-        # Back faces are only visible through the open mouth or the eye sockets: shade them as a dark cavity.
-        tri = ndc[:, self.faces][..., :2]  # (N, F, 3, 2)
-        e1, e2 = tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0]
-        front = ((e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]) > 0).flatten()  # counter-clockwise in NDC
-        facing = front[frags.batch_idx * self.faces.shape[0] + frags.face_idx]
-        colour = colour * shading * torch.where(facing, 1.0, _BACKFACE_DARKENING)[:, None]
-        image = frags.unpack(colour.clamp(0.0, 1.0)).permute(0, 3, 1, 2)
-        return _Render(image=image, mask=frags.mask[:, None].float(), pix_to_face=frags.pix_to_face)
+            albedo = self.albedo(albedo_params)
+            if self.albedo.is_texture:
+                texture = rep(albedo)
+            else:
+                colours = rep(albedo)
+        bump = disp if self.render_wrinkles and disp is not None and self.has_uv else None
+        if bump is not None and self._detail_pool > 1:  # texels much finer than the pixels: filter (one mip level)
+            bump = F.avg_pool2d(bump, self._detail_pool)
+        out = self.renderer(mesh.verts, cameras, albedo=colours, texture=texture, sh_coeffs=rep(sh),
+                            displacement_map=bump, displacement_scale=1e-3 / self.metres_per_unit)  # map in mm
+        render = _Render(image=out.image.clamp(0.0, 1.0), mask=out.mask, pix_to_face=out.fragments.pix_to_face)
+        return albedo, render
+
+    def _albedo_mapper(self) -> UVMapper:
+        if self.uv_mapper is None:
+            m = self.model
+            self.uv_mapper = UVMapper(m.faces, m.uv, m.faces_uv, self.uv_size, num_verts=m.num_verts)
+        return self.uv_mapper
 
     def _composite(self, scenes: list[_Scene], render, lmk_ndc: Tensor, t: int) -> tuple[Tensor, Tensor]:
         """Background, occluders and noise around the rendered faces; returns images (N, 3, H, W) and the
@@ -706,43 +803,6 @@ class _Render:
     image: Tensor  # (N, 3, H, W) shaded colour, 0 off the mesh
     mask: Tensor  # (N, 1, H, W) float coverage
     pix_to_face: Tensor  # (N, H, W) long, -1 off the mesh
-
-
-def _uv_gradient(disp: Tensor) -> Tensor:
-    """(N, 1, S_h, S_w) UV map -> (N, 2, S_h, S_w) its derivatives along u and v (central differences; rows go
-    down in v)."""
-    s_h, s_w = disp.shape[-2:]
-    pad = F.pad(disp, (1, 1, 1, 1), mode="replicate")
-    d_u = (pad[..., 1:-1, 2:] - pad[..., 1:-1, :-2]) * (s_w / 2.0)
-    d_v = (pad[..., :-2, 1:-1] - pad[..., 2:, 1:-1]) * (s_h / 2.0)
-    return torch.cat([d_u, d_v], dim=1)
-
-
-def _uv_surface_gradients(verts: Tensor, faces: Tensor, corner_uv: Tensor) -> tuple[Tensor, Tensor]:
-    """Surface gradients of the u and v coordinates on every triangle, (N, F, 3) each.
-
-    For a linear function f on a triangle with edges e1 = P1 - P0, e2 = P2 - P0 and unit normal n,
-    ``grad f = ((f1 - f0) e2 x n + (f2 - f0) n x e1) / |e1 x e2|``.
-    """
-    p0, p1, p2 = verts[:, faces[:, 0]], verts[:, faces[:, 1]], verts[:, faces[:, 2]]
-    e1, e2 = p1 - p0, p2 - p0
-    c = torch.cross(e1, e2, dim=-1)
-    area2 = c.norm(dim=-1, keepdim=True).clamp(min=1e-20)
-    n = c / area2
-    a, b = torch.cross(e2, n, dim=-1) / area2, torch.cross(n, e1, dim=-1) / area2
-    duv1, duv2 = corner_uv[:, 1] - corner_uv[:, 0], corner_uv[:, 2] - corner_uv[:, 0]  # (F, 2)
-    grad_u = duv1[:, 0, None] * a + duv2[:, 0, None] * b
-    grad_v = duv1[:, 1, None] * a + duv2[:, 1, None] * b
-    return grad_u, grad_v
-
-
-def _sh_packed(normals: Tensor, bands: Tensor, frags) -> Tensor:
-    """(M, 3) SH irradiance of packed pixels: one (M_n, 9) x (9, 3) product per image (pixels are sorted by
-    image)."""
-    basis = sh_basis(normals)  # (M, 9)
-    counts = torch.bincount(frags.batch_idx, minlength=bands.shape[0]).tolist()
-    parts = [chunk @ bands[n] for n, chunk in enumerate(basis.split(counts))]
-    return torch.cat(parts) if parts else basis.new_zeros(0, 3)
 
 
 def _cat_albedo(items: list[AlbedoParams]) -> AlbedoParams:

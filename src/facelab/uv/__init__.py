@@ -20,7 +20,13 @@ from facelab.uv.maps import (
     vertex_uv_pairs,
 )
 from facelab.uv.subdivide import MeshSubdivider, Subdivision, subdivide_topology
-from facelab.uv.texture import UnwrappedTexture, sample_texture, sample_texture_packed, unwrap_texture
+from facelab.uv.texture import (
+    UnwrappedTexture,
+    grid_sample_packed,
+    sample_texture,
+    sample_texture_packed,
+    unwrap_texture,
+)
 
 __all__ = [
     "DisplacementMapper",
@@ -33,6 +39,7 @@ __all__ = [
     "displace_along_normals",
     "displacement_gradient",
     "displacement_to_normal_map",
+    "grid_sample_packed",
     "rasterize_uv",
     "sample_at_vertices",
     "sample_texture",

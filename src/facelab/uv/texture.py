@@ -15,7 +15,7 @@ from torch import Tensor
 from facelab.render.rasterize import Fragments
 from facelab.uv.maps import UVMapper, uv_to_grid
 
-__all__ = ["UnwrappedTexture", "sample_texture", "sample_texture_packed", "unwrap_texture"]
+__all__ = ["UnwrappedTexture", "grid_sample_packed", "sample_texture", "sample_texture_packed", "unwrap_texture"]
 
 
 def sample_texture(texture: Tensor, uv: Tensor, mode: str = "bilinear", padding_mode: str = "border") -> Tensor:
@@ -39,12 +39,45 @@ def sample_texture(texture: Tensor, uv: Tensor, mode: str = "bilinear", padding_
                          align_corners=False)
 
 
+def grid_sample_packed(texture: Tensor, grid: Tensor, counts: list[int], mode: str = "bilinear",
+                       padding_mode: str = "border") -> Tensor:
+    """``grid_sample`` of per-image textures at the scattered points of each image (the low-level form of
+    :func:`sample_texture_packed`, for callers that hold ``grid_sample`` coordinates and per-image counts).
+
+    Args:
+        texture: (B, C, Ht, Wt) textures (B = 1 is shared by every point).
+        grid: (M, 2) or (M, K, 2) ``grid_sample`` coordinates (:func:`facelab.uv.uv_to_grid`), the points of image 0
+            first, then those of image 1, ...
+        counts: points of each image (``sum(counts) == M``).
+        mode, padding_mode: ``grid_sample`` options.
+
+    Returns:
+        (M, C) or (M, K, C).
+    """
+    single = grid.dim() == 2
+    points = grid[:, None] if single else grid  # (M, K, 2)
+
+    def lookup(tex: Tensor, pts: Tensor) -> Tensor:
+        out = F.grid_sample(tex, pts[None], mode=mode, padding_mode=padding_mode, align_corners=False)
+        return out[0].permute(1, 2, 0)  # (M_n, K, C)
+
+    if texture.shape[0] == 1:
+        out = lookup(texture, points)
+    else:
+        if len(counts) > texture.shape[0] or sum(counts) != points.shape[0]:
+            raise ValueError(f"counts {len(counts)} images / {sum(counts)} points do not fit {texture.shape[0]} "
+                             f"textures and {points.shape[0]} points")
+        parts = [lookup(texture[n : n + 1], chunk) for n, chunk in enumerate(points.split(counts)) if counts[n]]
+        out = torch.cat(parts) if parts else texture.new_zeros(0, points.shape[1], texture.shape[1])
+    return out[:, 0] if single else out
+
+
 def sample_texture_packed(texture: Tensor, uv: Tensor, batch_idx: Tensor, mode: str = "bilinear",
                           padding_mode: str = "border") -> Tensor:
     """Look UV textures up at scattered points of a batch: the packed pixels of :class:`~facelab.render.Fragments`.
 
-    One ``grid_sample`` over (B, 1, M_max) points (M_max: the most points of one image), so the cost follows the
-    covered pixels rather than the whole images.
+    One ``grid_sample`` per image over just its points, so the cost follows the covered pixels rather than the
+    whole images (several times faster than sampling the full image grid and gathering).
 
     Args:
         texture: (B, C, Ht, Wt) textures (B = 1 is shared by every point).
@@ -58,17 +91,8 @@ def sample_texture_packed(texture: Tensor, uv: Tensor, batch_idx: Tensor, mode: 
     if texture.dim() != 4 or uv.dim() != 2 or uv.shape[-1] != 2 or batch_idx.shape != uv.shape[:1]:
         raise ValueError(f"texture must be (B, C, Ht, Wt), uv (M, 2) and batch_idx (M,); got {tuple(texture.shape)}, "
                          f"{tuple(uv.shape)}, {tuple(batch_idx.shape)}")
-    grid = uv_to_grid(uv).to(texture.dtype)
-    if texture.shape[0] == 1 or uv.shape[0] == 0:
-        out = F.grid_sample(texture[:1], grid[None, None], mode=mode, padding_mode=padding_mode, align_corners=False)
-        return out[0, :, 0].transpose(0, 1)
-    b = texture.shape[0]
-    counts = torch.bincount(batch_idx, minlength=b)
-    offsets = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(uv.shape[0], device=uv.device) - offsets[batch_idx]  # rank of each point in its image
-    padded = grid.new_zeros(b, int(counts.max()), 2).index_put((batch_idx, pos), grid)
-    out = F.grid_sample(texture, padded[:, None], mode=mode, padding_mode=padding_mode, align_corners=False)
-    return out[:, :, 0].transpose(1, 2)[batch_idx, pos]
+    counts = torch.bincount(batch_idx, minlength=texture.shape[0]).tolist() if texture.shape[0] > 1 else [uv.shape[0]]
+    return grid_sample_packed(texture, uv_to_grid(uv).to(texture.dtype), counts, mode, padding_mode)
 
 
 @dataclass
