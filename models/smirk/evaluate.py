@@ -22,6 +22,14 @@ validation:
   trained translator from the encoder's own estimate of an AffectNet image; here the synthetic renderer stands in
   for the translator and the ground truth for the estimate, so the probe measures the encoder alone.
 
+**Trivial baselines** (:class:`SmirkBaselines`, printed beside every metric): *zero expression* (the neutral
+face: expression, jaw and eyelids 0), *train-set mean* (the mean expression, jaw and eyelids of the ``train``
+split's ground truth, one constant for every image) and, for the landmark NME, *mean landmarks* (the ``train``
+split's mean landmark positions as the prediction for every image). A constant predictor scores on the probe too
+(its vert abs std is the mean per-vertex std of the tweaked truth). An encoder has learned something about
+expression only where it beats both constants, and something about geometry only where its NME is well below the
+mean-landmark one.
+
 Held-out data: the ``test`` split of :class:`facelab.data.synthetic.SyntheticFaceDataset`, whose sample keys
 (:data:`facelab.data.synthetic.SPLIT_OFFSETS`) are disjoint from the ``train`` and ``val`` splits that
 :class:`facelab.data.synthetic_module.SyntheticFaceDataModule` trains and validates on, with the data settings
@@ -56,12 +64,17 @@ __all__ = [
     "EvaluationModel",
     "ExpressionProbe",
     "ExpressionTweak",
+    "ConstantExpression",
+    "ExpressionBaseline",
+    "SmirkBaselines",
     "SmirkEvaluation",
+    "TrainStatistics",
     "evaluate_checkpoint",
     "evaluate_encoder",
     "expression_probe",
     "held_out_dataset",
     "load_evaluation_model",
+    "train_statistics",
 ]
 
 
@@ -172,15 +185,9 @@ class ExpressionProbe:
     tweak: ExpressionTweak
 
 
-@torch.no_grad()
-def expression_probe(encoder: SmirkEncoder, error: ExpressionVertexError, dataset: SyntheticFaceDataset,
-                     num_faces: int, tweak: ExpressionTweak, device: torch.device | str = "cpu") -> ExpressionProbe:
-    """Run the Table 4 probe on the first ``num_faces`` samples of ``dataset`` (see the module docstring).
-
-    Per face ``m``: draw N tweaks of its true expression/jaw/eyelids (generator seeded with the dataset's seed and
-    the sample key), render the N copies, encode them, and build the face-region expression-only vertices of the
-    tweaked truth and of the estimates; :func:`probe_statistics` of the (M, N, V_face, 3) stacks, in mm.
-    """
+def _probe_vertices(encoder: SmirkEncoder, error: ExpressionVertexError, dataset: SyntheticFaceDataset,
+                    num_faces: int, tweak: ExpressionTweak, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """(M, N, V_face, 3) face-region expression-only vertices (mm) of the tweaked truth and of the estimates."""
     faces = _TweakedFaces(dataset)
     n_model = error.flame.n_expression
     targets, preds = [], []
@@ -195,12 +202,129 @@ def expression_probe(encoder: SmirkEncoder, error: ExpressionVertexError, datase
         preds.append(pred * error.scale)
     if not targets:
         raise ValueError("expression_probe needs at least one face (num_faces >= 1 and a non-empty split)")
-    l1, abs_std = probe_statistics(torch.stack(targets), torch.stack(preds))
-    return ExpressionProbe(vert_l1_mm=float(l1), vert_abs_std_mm=float(abs_std), num_faces=len(targets),
+    return torch.stack(targets), torch.stack(preds)
+
+
+def _probe(target: Tensor, pred: Tensor, tweak: ExpressionTweak) -> ExpressionProbe:
+    l1, abs_std = probe_statistics(target, pred)
+    return ExpressionProbe(vert_l1_mm=float(l1), vert_abs_std_mm=float(abs_std), num_faces=target.shape[0],
                            num_copies=tweak.num_copies, vertices="face", tweak=tweak)
 
 
+@torch.no_grad()
+def expression_probe(encoder: SmirkEncoder, error: ExpressionVertexError, dataset: SyntheticFaceDataset,
+                     num_faces: int, tweak: ExpressionTweak, device: torch.device | str = "cpu") -> ExpressionProbe:
+    """Run the Table 4 probe on the first ``num_faces`` samples of ``dataset`` (see the module docstring).
+
+    Per face ``m``: draw N tweaks of its true expression/jaw/eyelids (generator seeded with the dataset's seed and
+    the sample key), render the N copies, encode them, and build the face-region expression-only vertices of the
+    tweaked truth and of the estimates; :func:`probe_statistics` of the (M, N, V_face, 3) stacks, in mm.
+    """
+    return _probe(*_probe_vertices(encoder, error, dataset, num_faces, tweak, device), tweak)
+
+
+@dataclass
+class ConstantExpression:
+    """A trivial predictor: the same expression, jaw and eyelids for every image.
+
+    Attributes:
+        name: ``"zero expression"`` or ``"train-set mean"``.
+        expression: (K,) coefficients (the model's K). jaw_pose: (3,). eyelids: (2,).
+    """
+
+    name: str
+    expression: Tensor
+    jaw_pose: Tensor
+    eyelids: Tensor
+
+    @classmethod
+    def zero(cls, n_expression: int) -> ConstantExpression:
+        """The neutral face."""
+        return cls("zero expression", torch.zeros(n_expression), torch.zeros(3), torch.zeros(2))
+
+    @classmethod
+    def mean_of(cls, expression: Tensor, jaw_pose: Tensor, eyelids: Tensor) -> ConstantExpression:
+        """The train-set mean of (S, K) expressions (the model's K), (S, 3) jaws and (S, 2) eyelids."""
+        return cls("train-set mean", expression.mean(0), jaw_pose.mean(0), eyelids.mean(0))
+
+    def expand(self, batch_size: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, K) expression, (B, 3) jaw, (B, 2) eyelids on ``like``'s device/dtype."""
+        return tuple(t.to(like).expand(batch_size, -1) for t in (self.expression, self.jaw_pose, self.eyelids))
+
+
+@dataclass
+class ExpressionBaseline:
+    """What a :class:`ConstantExpression` scores on the same held-out faces (mm where the name says so).
+
+    Attributes:
+        name: the predictor's name. expression_mse: MSE of the coefficients.
+        expression_vertex_error: face-region expression vertex errors (Table 2 format).
+        probe: the Table 4 probe of the constant (None when the probe was not run).
+    """
+
+    name: str
+    expression_mse: float
+    expression_vertex_error: VertexErrorStats
+    probe: ExpressionProbe | None = None
+
+
+@dataclass
+class SmirkBaselines:
+    """The trivial baselines every metric is reported beside (module docstring).
+
+    Attributes:
+        nme_mp, nme_fan: landmark NME of the train split's mean landmarks (mediapipe-105, iBUG-68).
+        zero: the zero-expression predictor. train_mean: the train-set mean predictor.
+        num_train: train samples the means were taken over.
+    """
+
+    nme_mp: float
+    nme_fan: float
+    zero: ExpressionBaseline
+    train_mean: ExpressionBaseline
+    num_train: int
+
+    @property
+    def best_expression(self) -> ExpressionBaseline:
+        """The better (lower mean vertex error) of the two constant predictors."""
+        return min((self.zero, self.train_mean), key=lambda b: b.expression_vertex_error.mean_mm)
+
+
 # ------------------------------------------------------------------------------------------------------ evaluation
+@dataclass
+class TrainStatistics:
+    """The ``train`` split's means the trivial baselines predict.
+
+    Attributes:
+        landmarks_mp: (105, 2) mean mediapipe landmarks (NDC). landmarks_fan: (68, 2) mean iBUG landmarks (NDC).
+        mean_expression: the train-set mean :class:`ConstantExpression`. num_samples: S samples averaged.
+    """
+
+    landmarks_mp: Tensor
+    landmarks_fan: Tensor
+    mean_expression: ConstantExpression
+    num_samples: int
+
+
+@torch.no_grad()
+def train_statistics(dataset: SyntheticFaceDataset, n_expression: int, batch_size: int = 32) -> TrainStatistics:
+    """Mean landmarks and mean ground-truth expression/jaw/eyelids of ``dataset`` (the ``train`` split)."""
+    if len(dataset) < 1:
+        raise ValueError("train_statistics needs at least one train sample")
+    mp, fan, exp, jaw, lids = [], [], [], [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = as_smirk_batch(SyntheticFaceSample.collate(
+            dataset.generate(list(range(start, min(start + batch_size, len(dataset)))))))
+        mp.append(batch.landmarks_mp)
+        fan.append(batch.landmarks_fan)
+        gt = batch.ground_truth
+        exp.append(gt.expression[:, :n_expression])
+        jaw.append(gt.jaw_pose)
+        lids.append(gt.eyelids)
+    return TrainStatistics(torch.cat(mp).mean(0), torch.cat(fan).mean(0),
+                           ConstantExpression.mean_of(torch.cat(exp), torch.cat(jaw), torch.cat(lids)), len(dataset))
+
+
 @dataclass
 class SmirkEvaluation:
     """Everything :func:`evaluate_encoder` measured (NME in NDC units, vertex errors in mm).
@@ -213,6 +337,7 @@ class SmirkEvaluation:
         expression_mse: MSE of the model's expression coefficients.
         expression_vertex_error: face-region expression vertex errors (Table 2 format).
         probe: the Table 4 probe, or None when it was not run.
+        baselines: the trivial baselines on the same faces (:class:`SmirkBaselines`), or None when not computed.
     """
 
     source: str
@@ -226,30 +351,81 @@ class SmirkEvaluation:
     expression_mse: float
     expression_vertex_error: VertexErrorStats
     probe: ExpressionProbe | None = None
+    baselines: SmirkBaselines | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def ratios(self) -> dict[str, float]:
+        """Each headline metric divided by its trivial baseline (< 1: better than the baseline; needs baselines):
+        ``nme_mp`` / mean landmarks, ``vertex_error`` (mean) / zero expression and / train-set mean,
+        ``probe_abs_std`` / the zero-expression constant's (when the probe ran)."""
+        if self.baselines is None:
+            raise ValueError("this evaluation has no baselines (baseline_samples=0)")
+        b = self.baselines
+        out = {"nme_mp_vs_mean_landmarks": self.nme_mp / b.nme_mp,
+               "nme_fan_vs_mean_landmarks": self.nme_fan / b.nme_fan,
+               "vertex_error_vs_zero": self.expression_vertex_error.mean_mm / b.zero.expression_vertex_error.mean_mm,
+               "vertex_error_vs_train_mean": (self.expression_vertex_error.mean_mm
+                                              / b.train_mean.expression_vertex_error.mean_mm)}
+        if self.probe is not None and b.zero.probe is not None:
+            out["probe_abs_std_vs_zero"] = self.probe.vert_abs_std_mm / b.zero.probe.vert_abs_std_mm
+        return out
+
     def format_table(self) -> str:
-        """A readable report: NME, the Table 2 rows (mean / median / max) and the Table 4 probe."""
-        v = self.expression_vertex_error
-        lines = [f"SMIRK evaluation of {self.source} (phase: {self.phase}) on {self.num_images} held-out synthetic "
-                 f"faces (split {self.split}, seed {self.seed}, {self.image_size}x{self.image_size})",
-                 "",
-                 f"landmark NME (NDC units)     mediapipe-105 {self.nme_mp:.4f}    iBUG-68 {self.nme_fan:.4f}",
-                 f"expression coefficient MSE   {self.expression_mse:.4f}",
-                 "",
-                 f"expression vertex error, face region, {v.num_vertices} vertices (mm; supplementary Table 2)",
-                 f"  {'':<34}{'mean':>8}{'median':>8}{'max':>8}",
-                 f"  {'per image, averaged over images':<34}{v.mean_mm:8.3f}{v.median_mm:8.3f}{v.max_mm:8.3f}",
-                 f"  {'image-averaged per-vertex error':<34}{v.mean_mm:8.3f}{v.field_median_mm:8.3f}"
-                 f"{v.field_max_mm:8.3f}"]
+        """A readable report: every metric beside its trivial baselines (NME, Table 2 rows, Table 4 probe)."""
+        v, b = self.expression_vertex_error, self.baselines
+        head = (f"SMIRK evaluation of {self.source} (phase: {self.phase}) on {self.num_images} held-out synthetic "
+                f"faces (split {self.split}, seed {self.seed}, {self.image_size}x{self.image_size})")
+        if b is None:
+            return "\n".join([
+                head, "", f"landmark NME (NDC units)     mediapipe-105 {self.nme_mp:.4f}    iBUG-68 {self.nme_fan:.4f}",
+                f"expression coefficient MSE   {self.expression_mse:.4f}",
+                f"expression vertex error (mm; supplementary Table 2): mean {v.mean_mm:.3f} median {v.median_mm:.3f} "
+                f"max {v.max_mm:.3f}"] + self._probe_lines())
+        cols = ["model", "zero exp", "train mean", "mean lmk"]
+        width = 36
+
+        def row(name: str, model: float, zero: float | None, mean: float | None, lmk: float | None, fmt: str) -> str:
+            cells = [format(x, fmt) if x is not None else "-" for x in (model, zero, mean, lmk)]
+            return f"  {name:<{width}}" + "".join(f"{c:>12}" for c in cells)
+
+        z, m = b.zero, b.train_mean
+        zv, mv = z.expression_vertex_error, m.expression_vertex_error
+        lines = [head, f"(baselines: zero expression; the train-set mean expression/jaw/eyelids and mean landmarks "
+                       f"over {b.num_train} train samples)", "",
+                 f"  {'metric':<{width}}" + "".join(f"{c:>12}" for c in cols),
+                 row("landmark NME mediapipe-105 (NDC)", self.nme_mp, None, None, b.nme_mp, ".4f"),
+                 row("landmark NME iBUG-68 (NDC)", self.nme_fan, None, None, b.nme_fan, ".4f"),
+                 row("expression coefficient MSE", self.expression_mse, z.expression_mse, m.expression_mse, None,
+                     ".4f"),
+                 f"  expression vertex error, face region, {v.num_vertices} vertices (mm; supplementary Table 2)",
+                 row("  mean (per image, averaged)", v.mean_mm, zv.mean_mm, mv.mean_mm, None, ".3f"),
+                 row("  median (per image, averaged)", v.median_mm, zv.median_mm, mv.median_mm, None, ".3f"),
+                 row("  max (per image, averaged)", v.max_mm, zv.max_mm, mv.max_mm, None, ".3f"),
+                 row("  per-vertex field median", v.field_median_mm, zv.field_median_mm, mv.field_median_mm, None,
+                     ".3f"),
+                 row("  per-vertex field max", v.field_max_mm, zv.field_max_mm, mv.field_max_mm, None, ".3f")]
         if self.probe is not None:
             p = self.probe
-            lines += ["", f"expression-change probe, {p.num_faces} faces x {p.num_copies} tweaks, {p.vertices} region "
-                          "(mm; supplementary Table 4)",
-                      f"  vert L1 {p.vert_l1_mm:.4f}    vert abs std {p.vert_abs_std_mm:.4f}"]
+            lines += [f"  expression-change probe, {p.num_faces} faces x {p.num_copies} tweaks, {p.vertices} region "
+                      "(mm; supplementary Table 4)",
+                      row("  vert L1", p.vert_l1_mm, z.probe and z.probe.vert_l1_mm,
+                          m.probe and m.probe.vert_l1_mm, None, ".4f"),
+                      row("  vert abs std", p.vert_abs_std_mm, z.probe and z.probe.vert_abs_std_mm,
+                          m.probe and m.probe.vert_abs_std_mm, None, ".4f")]
+        ratios = self.ratios()
+        lines += ["", "  relative to the baselines (< 1 is better): " + ", ".join(
+            f"{k} {r:.3f}" for k, r in ratios.items())]
         return "\n".join(lines)
+
+    def _probe_lines(self) -> list[str]:
+        if self.probe is None:
+            return []
+        p = self.probe
+        return ["", f"expression-change probe, {p.num_faces} faces x {p.num_copies} tweaks, {p.vertices} region "
+                    "(mm; supplementary Table 4)",
+                f"  vert L1 {p.vert_l1_mm:.4f}    vert abs std {p.vert_abs_std_mm:.4f}"]
 
     def write_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as indented JSON (parent folders created); returns the path."""
@@ -262,9 +438,10 @@ class SmirkEvaluation:
 @torch.no_grad()
 def evaluate_encoder(encoder: SmirkEncoder, flame: Flame, dataset: SyntheticFaceDataset, *, flame_path: str,
                      batch_size: int = 32, device: torch.device | str = "cpu", probe_faces: int = 32,
-                     tweak: ExpressionTweak | None = None, source: str = "encoder", phase: str = "unknown"
-                     ) -> SmirkEvaluation:
-    """Landmark NME, expression errors and (``probe_faces > 0``) the Table 4 probe of ``encoder`` on ``dataset``.
+                     tweak: ExpressionTweak | None = None, source: str = "encoder", phase: str = "unknown",
+                     train_stats: TrainStatistics | None = None) -> SmirkEvaluation:
+    """Landmark NME, expression errors and (``probe_faces > 0``) the Table 4 probe of ``encoder`` on ``dataset``,
+    and, given ``train_stats``, the same metrics of the trivial baselines on the same faces.
 
     The encoder runs in eval mode (BatchNorm running statistics); its training mode is restored afterwards.
 
@@ -274,31 +451,64 @@ def evaluate_encoder(encoder: SmirkEncoder, flame: Flame, dataset: SyntheticFace
             (``camera="weak"``, FLAME family). flame_path: ``flame``'s source (for the truth's larger FLAME).
         batch_size: images per forward pass. device: where to run. probe_faces: M faces probed (0: no probe).
         tweak: the probe's tweaks (None: :class:`ExpressionTweak` defaults). source, phase: recorded as given.
+        train_stats: the train split's means (:func:`train_statistics`); None: no baselines.
     """
     was_training = encoder.training
     encoder.to(device).eval()
     flame = flame.to(device)
     error = ExpressionVertexError(flame, flame_path)
+    tweak = tweak or ExpressionTweak()
+    n_exp = flame.n_expression
+    constants = [] if train_stats is None else [ConstantExpression.zero(n_exp), train_stats.mean_expression]
     nme_mp, nme_fan, exp_mse, vertex_errors = [], [], [], []
+    base_nme_mp, base_nme_fan = [], []
+    base_mse, base_vertex = [[] for _ in constants], [[] for _ in constants]
     try:
         for start in range(0, len(dataset), batch_size):
             indices = list(range(start, min(start + batch_size, len(dataset))))
             batch = as_smirk_batch(SyntheticFaceSample.collate(dataset.generate(indices)).to(device))
+            gt = batch.ground_truth
             enc = encoder(batch.image)
             mesh, camera = flame(enc.flame_params()), enc.camera()
             nme_mp.append(landmark_nme(camera.project(mesh.landmarks_mp), batch.landmarks_mp))
             nme_fan.append(landmark_nme(camera.project(mesh.landmarks68), batch.landmarks_fan))
-            exp_mse.append(expression_mse(enc.expression, batch.ground_truth.expression))
-            vertex_errors.append(error(enc.expression, enc.jaw_pose, enc.eyelids, batch.ground_truth))
-        probe = None
+            exp_mse.append(expression_mse(enc.expression, gt.expression))
+            vertex_errors.append(error(enc.expression, enc.jaw_pose, enc.eyelids, gt))
+            if train_stats is not None:
+                base_nme_mp.append(landmark_nme(train_stats.landmarks_mp.to(batch.landmarks_mp).expand_as(
+                    batch.landmarks_mp), batch.landmarks_mp))
+                base_nme_fan.append(landmark_nme(train_stats.landmarks_fan.to(batch.landmarks_fan).expand_as(
+                    batch.landmarks_fan), batch.landmarks_fan))
+            for c, const in enumerate(constants):
+                exp, jaw, lids = const.expand(len(indices), enc.expression)
+                base_mse[c].append(expression_mse(exp, gt.expression))
+                base_vertex[c].append(error(exp, jaw, lids, gt))
+        probe, target = None, None
         if probe_faces > 0:
-            probe = expression_probe(encoder, error, dataset, probe_faces, tweak or ExpressionTweak(), device)
+            target, pred = _probe_vertices(encoder, error, dataset, probe_faces, tweak, device)
+            probe = _probe(target, pred, tweak)
     finally:
         encoder.train(was_training)
+    baselines = None
+    if train_stats is not None:
+        scored = []
+        for c, const in enumerate(constants):
+            const_probe = None
+            if target is not None:
+                m, n = target.shape[:2]
+                exp, jaw, lids = const.expand(1, target)
+                verts = error.vertices(exp, jaw, lids)[:, error.face] * error.scale  # (1, V_face, 3)
+                const_probe = _probe(target, verts[None].expand(m, n, -1, -1), tweak)
+            scored.append(ExpressionBaseline(const.name, float(torch.cat(base_mse[c]).mean()),
+                                             vertex_error_stats(torch.cat(base_vertex[c]).cpu()), const_probe))
+        baselines = SmirkBaselines(nme_mp=float(torch.cat(base_nme_mp).mean()),
+                                   nme_fan=float(torch.cat(base_nme_fan).mean()), zero=scored[0],
+                                   train_mean=scored[1], num_train=train_stats.num_samples)
     return SmirkEvaluation(source=source, phase=phase, image_size=dataset.image_size, split=dataset.split,
                            seed=dataset.seed, num_images=len(dataset), nme_mp=float(torch.cat(nme_mp).mean()),
                            nme_fan=float(torch.cat(nme_fan).mean()), expression_mse=float(torch.cat(exp_mse).mean()),
-                           expression_vertex_error=vertex_error_stats(torch.cat(vertex_errors).cpu()), probe=probe)
+                           expression_vertex_error=vertex_error_stats(torch.cat(vertex_errors).cpu()), probe=probe,
+                           baselines=baselines)
 
 
 @dataclass
@@ -379,17 +589,26 @@ def held_out_dataset(model: EvaluationModel, num_images: int, split: str = "test
 
 def evaluate_checkpoint(ckpt: str | None, *, num_images: int = 256, image_size: int | None = None,
                         batch_size: int = 32, device: str = "cpu", probe_faces: int = 32,
-                        tweak: ExpressionTweak | None = None, split: str = "test", seed: int | None = None
-                        ) -> SmirkEvaluation:
+                        tweak: ExpressionTweak | None = None, split: str = "test", seed: int | None = None,
+                        baseline_samples: int = 256) -> SmirkEvaluation:
     """:func:`evaluate_encoder` of a checkpoint (or, ``ckpt=None``, of a random initialization) on ``num_images``
-    held-out synthetic faces (:func:`held_out_dataset`). See :func:`load_evaluation_model` for the errors."""
+    held-out synthetic faces (:func:`held_out_dataset`), beside the trivial baselines whose means are taken over
+    ``baseline_samples`` faces of the ``train`` split (0: no baselines). See :func:`load_evaluation_model` for the
+    errors."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if baseline_samples < 0:
+        raise ValueError(f"baseline_samples must be >= 0, got {baseline_samples}")
     model = load_evaluation_model(ckpt, image_size, seed=0 if seed is None else seed)
     dataset = held_out_dataset(model, num_images, split, seed)
+    stats = None
+    if baseline_samples > 0:
+        stats = train_statistics(held_out_dataset(model, baseline_samples, "train", seed), model.flame.n_expression,
+                                 batch_size)
     result = evaluate_encoder(model.encoder, model.flame, dataset, flame_path=model.flame_path,
                               batch_size=batch_size, device=device, probe_faces=probe_faces, tweak=tweak,
-                              source=str(ckpt) if ckpt is not None else "init", phase=model.phase)
+                              source=str(ckpt) if ckpt is not None else "init", phase=model.phase,
+                              train_stats=stats)
     if not math.isfinite(result.nme_mp):
         raise AssetFormatError(f"{result.source}: the encoder produced non-finite landmarks (a diverged run?)")
     return result

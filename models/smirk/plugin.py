@@ -7,7 +7,8 @@ only describes: the networks, FLAME and checkpoints are imported by the function
   from a checkpoint of either phase (or a bare encoder state dict); ``--translator`` also writes the translator's
   reconstruction (core-phase checkpoints).
 * ``facelab evaluate --method smirk --ckpt CKPT [--probe-faces N] [--probe-copies K]``: :mod:`smirk.evaluate`
-  (landmark NME, expression errors, supplementary Table 2 vertex errors, the Table 4 expression-change probe).
+  (landmark NME, expression errors, supplementary Table 2 vertex errors, the Table 4 expression-change probe), each
+  beside its trivial baselines (zero expression, train-set mean expression, mean landmarks).
 * ``facelab bench smirk``: :mod:`smirk.bench`.
 """
 
@@ -38,6 +39,8 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-faces", type=int, default=32,
                         help="faces in the expression-change probe, supplementary Table 4 (0 skips it)")
     parser.add_argument("--probe-copies", type=int, default=8, help="tweaked copies per probed face (>= 2)")
+    parser.add_argument("--baseline-samples", type=int, default=256,
+                        help="train faces the trivial baselines (mean expression, mean landmarks) average (0: none)")
 
 
 def _evaluate(request: EvaluateRequest, options: argparse.Namespace):
@@ -49,7 +52,8 @@ def _evaluate(request: EvaluateRequest, options: argparse.Namespace):
         raise ValueError(f"--probe-copies must be >= 2, got {options.probe_copies}")
     return evaluate_checkpoint(request.ckpt, num_images=request.num_images, image_size=request.image_size,
                                batch_size=request.batch_size, device=request.device, probe_faces=options.probe_faces,
-                               tweak=ExpressionTweak(num_copies=options.probe_copies), seed=request.seed)
+                               tweak=ExpressionTweak(num_copies=options.probe_copies), seed=request.seed,
+                               baseline_samples=options.baseline_samples)
 
 
 #: SMIRK as the ``facelab`` commands see it.

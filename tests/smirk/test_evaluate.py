@@ -14,12 +14,19 @@ import torch
 import facelab.metrics
 import smirk.metrics
 from facelab.cli.main import main
-from facelab.data.synthetic import SyntheticFaceDataset
+from facelab.data.synthetic import SyntheticFaceDataset, SyntheticFaceSample
 from facelab.data.synthetic_module import SyntheticFaceDataModule
-from smirk.data import FlameGroundTruth
-from smirk.evaluate import ExpressionTweak, _TweakedFaces
+from smirk.data import FlameGroundTruth, as_smirk_batch
+from smirk.evaluate import (
+    ConstantExpression,
+    ExpressionTweak,
+    _TweakedFaces,
+    evaluate_encoder,
+    train_statistics,
+)
 from smirk.metrics import ExpressionVertexError, expression_mse, probe_statistics
 from smirk.module import SmirkModule
+from smirk.networks import SmirkEncoder
 
 SIZE = 32  # tiny crops: the MobileNets' last feature map is 1x1
 
@@ -111,7 +118,8 @@ def tiny_ckpt(tmp_path_factory) -> str:
     return str(path)
 
 
-FAST = ["--num", "3", "--batch-size", "3", "--probe-faces", "1", "--probe-copies", "2", "--device", "cpu"]
+FAST = ["--num", "3", "--batch-size", "3", "--probe-faces", "1", "--probe-copies", "2", "--device", "cpu",
+        "--baseline-samples", "4"]
 
 
 def test_cli_on_a_checkpoint_writes_json(tiny_ckpt, tmp_path, capsys):
@@ -128,6 +136,10 @@ def test_cli_on_a_checkpoint_writes_json(tiny_ckpt, tmp_path, capsys):
     assert all(math.isfinite(result[k]) for k in ("nme_mp", "nme_fan", "expression_mse"))
     printed = capsys.readouterr().out
     assert "Table 2" in printed and "Table 4" in printed and "median" in printed
+    assert "zero exp" in printed and "train mean" in printed and "mean lmk" in printed
+    base = result["baselines"]
+    assert base["num_train"] == 4 and base["zero"]["name"] == "zero expression"
+    assert base["zero"]["probe"]["num_copies"] == 2 and math.isfinite(base["nme_mp"])
 
 
 def test_cli_init_baseline(tmp_path):
@@ -158,3 +170,36 @@ def test_cli_rejects_another_image_size_and_non_checkpoints(tiny_ckpt, tmp_path,
 def test_cli_needs_ckpt_or_init():
     with pytest.raises(SystemExit):
         main(["evaluate", "--data", "synthetic"])
+
+
+# ------------------------------------------------------------------------------------------------------ baselines
+def test_baselines_are_the_constant_predictors_scored_on_the_same_faces(flame):
+    """The zero baseline is ExpressionVertexError of zeros; the train-set mean is the mean of the train split's
+    truth and scores its own constant; the mean-landmark NME is that of the mean train landmarks; a constant's
+    probe std term is the mean std of the tweaked truth; ratios divide by them."""
+    train = SyntheticFaceDataset(num_samples=4, split="train", image_size=SIZE, uv_size=32)
+    test = SyntheticFaceDataset(num_samples=3, split="test", image_size=SIZE, uv_size=32)
+    stats = train_statistics(train, flame.n_expression, batch_size=2)
+    truth = as_smirk_batch(SyntheticFaceSample.collate(train.generate([0, 1, 2, 3])))
+    torch.testing.assert_close(stats.mean_expression.expression, truth.ground_truth.expression[:, :50].mean(0))
+    torch.testing.assert_close(stats.landmarks_mp, truth.landmarks_mp.mean(0))
+    torch.manual_seed(0)
+    result = evaluate_encoder(SmirkEncoder(300, 50), flame, test, flame_path="synthetic", batch_size=2,
+                              probe_faces=1, tweak=ExpressionTweak(num_copies=2), train_stats=stats)
+    held = as_smirk_batch(SyntheticFaceSample.collate(test.generate([0, 1, 2])))
+    error = ExpressionVertexError(flame, "synthetic")
+    with torch.no_grad():
+        zero = error(*ConstantExpression.zero(50).expand(3, held.image), held.ground_truth).mean(1).mean()
+        mean = error(*stats.mean_expression.expand(3, held.image), held.ground_truth).mean(1).mean()
+    b = result.baselines
+    assert b.zero.expression_vertex_error.mean_mm == pytest.approx(float(zero), rel=1e-4)
+    assert b.train_mean.expression_vertex_error.mean_mm == pytest.approx(float(mean), rel=1e-4)
+    nme = facelab.metrics.landmark_nme(stats.landmarks_mp.expand(3, -1, -1), held.landmarks_mp).mean()
+    assert b.nme_mp == pytest.approx(float(nme), rel=1e-5)
+    assert b.zero.expression_mse == pytest.approx(float(held.ground_truth.expression[:, :50].pow(2).mean()),
+                                                  rel=1e-5)
+    assert b.zero.probe.vert_abs_std_mm > 0 and b.best_expression in (b.zero, b.train_mean)
+    ratios = result.ratios()
+    assert ratios["vertex_error_vs_zero"] == pytest.approx(result.expression_vertex_error.mean_mm / float(zero),
+                                                           rel=1e-4)
+    assert ratios["nme_mp_vs_mean_landmarks"] == pytest.approx(result.nme_mp / b.nme_mp)

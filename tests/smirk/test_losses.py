@@ -12,6 +12,7 @@ from smirk.losses import (
     EmotionFeatureLoss,
     MicaShapeTeacher,
     VGGPerceptualLoss,
+    affine_aligned_landmark_loss,
     cycle_loss,
     expression_regularization,
     fan_contour_landmark_loss,
@@ -187,3 +188,32 @@ def test_mica_teacher(tmp_path):
         MicaShapeTeacher(str(tmp_path / "mica_state.pth"))
     with pytest.raises(MissingAssetError, match="MICA"):
         MicaShapeTeacher(str(tmp_path / "absent.pt"))
+
+
+def test_affine_aligned_landmark_loss_ignores_rigid_motion_and_keeps_the_non_rigid_residual():
+    """Any rotation + scale + image shift of the points costs 0; a non-rigid move costs its residual after the
+    least-squares affine camera, hand-checked against numpy's lstsq; a rigid parameter gets no gradient."""
+    import kornia
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(0)
+    points = torch.randn(2, 30, 3, generator=gen, dtype=torch.float64)
+    rot = kornia.geometry.conversions.axis_angle_to_rotation_matrix(torch.tensor([[0.3, -0.5, 0.2], [0.0, 0.1, 0.9]],
+                                                                                 dtype=torch.float64))
+    target = 7.0 * (points @ rot.transpose(1, 2))[..., :2] + torch.tensor([0.2, -0.1], dtype=torch.float64)
+    assert float(affine_aligned_landmark_loss(points, target)) < 1e-12
+    moved = target.clone()
+    moved[:, :5, 1] += 0.3  # a "jaw" that opens: no affine map of the points explains it
+    loss = affine_aligned_landmark_loss(points, moved)
+    expected = 0.0
+    for b in range(2):
+        design = np.concatenate([points[b].numpy(), np.ones((30, 1))], axis=1)
+        sol, *_ = np.linalg.lstsq(design, moved[b].numpy(), rcond=None)
+        expected += ((design @ sol - moved[b].numpy()) ** 2).sum()
+    assert float(loss) == pytest.approx(expected / (2 * 30 * 2), rel=1e-6)
+    angle = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)  # a rigid parameter of the prediction
+    rotated = points[:1] @ kornia.geometry.conversions.axis_angle_to_rotation_matrix(angle).transpose(1, 2)
+    (grad,) = torch.autograd.grad(affine_aligned_landmark_loss(rotated, moved[:1]), angle)
+    assert float(grad.abs().max()) < 1e-9
+    with pytest.raises(ValueError, match="affine_aligned_landmark_loss"):
+        affine_aligned_landmark_loss(points[..., :2], target)
