@@ -70,5 +70,6 @@ method = Method(
     benchmarks={"smirk": Benchmark("smirk.bench", "SMIRK training-step time split (B = 8, 224^2) and inference "
                                                   "images/s, encoders vs the whole reconstruction (B = 1, 32)")},
     configs={"pretrain": "configs/smirk_pretrain.yaml", "core": "configs/smirk.yaml",
-             "quickstart": "configs/smirk_quickstart.yaml"},
+             "quickstart": "configs/smirk_quickstart.yaml", "synthetic": "configs/smirk_synthetic.yaml",
+             "learning": "configs/smirk_learning.yaml", "gpu": "configs/smirk_gpu.yaml"},
 )
