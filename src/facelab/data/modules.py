@@ -48,7 +48,9 @@ class SyntheticFaceDataModule(LightningDataModule):
         model_path: model asset, ``"synthetic"`` / ``"synthetic:tiny"`` for the generated stand-ins.
         image_size: image side in pixels.
         camera: ``weak`` or ``perspective``.
-        uv_size: side of the UV albedo / displacement maps.
+        uv_size: side of the UV albedo texture and position maps.
+        displacement_size: side of the wrinkle displacement maps (None: large enough for the grooves on the
+            model's UV layout, see :class:`~facelab.data.synthetic.SyntheticFaceDataset`).
         num_train, num_val, num_test: samples per split.
         batch_size: samples per batch (sequences per batch in temporal mode).
         num_workers: DataLoader worker processes.
@@ -59,6 +61,8 @@ class SyntheticFaceDataModule(LightningDataModule):
         render_wrinkles: bump-map the expression wrinkles into the images.
         return_albedo: include the albedo texture in each sample.
         return_vertices: include the posed vertices in each sample.
+        return_position_maps: include image-aligned UV position maps of the full and the neutral face.
+        albedo_source: ``auto`` | ``model`` | ``procedural`` (the model's own albedo basis where it has one).
         pin_memory: pin batches (for GPU training).
         persistent_workers: keep workers alive between epochs (when ``num_workers > 0``).
 
@@ -86,6 +90,9 @@ class SyntheticFaceDataModule(LightningDataModule):
         render_wrinkles: bool = True,
         return_albedo: bool = False,
         return_vertices: bool = False,
+        return_position_maps: bool = False,
+        albedo_source: Literal["auto", "model", "procedural"] = "auto",
+        displacement_size: int | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = True,
     ) -> None:
@@ -104,7 +111,8 @@ class SyntheticFaceDataModule(LightningDataModule):
             family=hp.family, model_path=hp.model_path, num_samples=num_samples, split=split, seed=hp.seed,
             image_size=hp.image_size, camera=hp.camera, uv_size=hp.uv_size, sequence_length=hp.sequence_length,
             fps=hp.fps, scene=self.scene, render_wrinkles=hp.render_wrinkles, return_albedo=hp.return_albedo,
-            return_vertices=hp.return_vertices, model=model,
+            return_vertices=hp.return_vertices, return_position_maps=hp.return_position_maps,
+            albedo_source=hp.albedo_source, displacement_size=hp.displacement_size, model=model,
             synthetic=str(hp.model_path).startswith("synthetic"),
         )
 

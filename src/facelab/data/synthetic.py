@@ -52,7 +52,7 @@ from facelab.masks import convex_hull_mask
 from facelab.morphable import FlameParams, MeshOutput, MorphableModel, MorphableParams, load_model
 from facelab.render import MeshRenderer, PerspectiveCamera, WeakPerspectiveCamera
 from facelab.render.camera import ndc_to_pixels
-from facelab.uv import UVMapper
+from facelab.uv import UVMapper, dilate_uv_map
 
 __all__ = [
     "SEGMENTATION_LABELS",
@@ -179,7 +179,7 @@ class _FaceRecord:
             ``return_albedo``, else None).
         verts: * (V, 3) posed vertices, model frame (with ``return_vertices``, else None).
         position_uv: * (3, S, S) image-aligned UV position map ``(u, v, z)`` of the full face (module docstring;
-            with ``return_position_maps`` on a model with UVs, else None).
+            the gutter filled two texels deep; with ``return_position_maps`` on a model with UVs, else None).
         position_neutral_uv: * (3, S, S) the same of the identity-only neutral face (expression, jaw, eyes and
             eyelids at rest) under the same head pose and camera: DualStream's identity map; the expression map is
             ``position_uv - position_neutral_uv``.
@@ -671,9 +671,8 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
         image, seg = self._composite(scenes, render, all_ndc, t)
         position = neutral = None
         if self.uv_mapper is not None:
-            position = self.uv_mapper.position_map(self.image_aligned(mesh.verts, cameras))
-            neutral_verts = _forward(self.model, frames.neutral()).verts
-            neutral = self.uv_mapper.position_map(self.image_aligned(neutral_verts, cameras))
+            position = self._position_map(mesh.verts, cameras)
+            neutral = self._position_map(_forward(self.model, frames.neutral()).verts, cameras)
         per_frame = dict(
             image=image, expression=frames.expression, global_pose=frames.global_pose, neck_pose=frames.neck_pose,
             jaw_pose=frames.jaw_pose, eye_pose=frames.eye_pose, eyelids=frames.eyelids,
@@ -739,6 +738,11 @@ class SyntheticFaceDataset(torch.utils.data.Dataset):
             d0 = -cameras.translation[:, 2:3]  # depth of the model origin (rotation is the identity here)
             z = (d0 + view[..., 2]) * cameras.focal[:, 0:1] / d0
         return torch.cat([pix, z[..., None]], dim=-1)
+
+    def _position_map(self, verts: Tensor, cameras) -> Tensor:
+        """(N, 3, S, S) image-aligned UV position map, its gutter filled two texels deep (lookups at chart borders,
+        e.g. at the vertices, then read the surface instead of zeros)."""
+        return dilate_uv_map(self.uv_mapper.position_map(self.image_aligned(verts, cameras)), self.uv_mapper.mask)
 
     def _render(self, mesh: MeshOutput, cameras, albedo_params: AlbedoParams | None, sh: Tensor,
                 disp: Tensor | None, t: int) -> tuple[Tensor, _Render]:

@@ -462,25 +462,25 @@ def _sided(fn, s: int) -> _Pattern:
 #: name -> (field, depth in mm at activation 1, groove width (Gaussian std) in mm, {channel: weight}); see the
 #: module docstring.
 WRINKLE_PATTERNS: dict[str, tuple[_Pattern, float, float, _Weights]] = {
-    "forehead_center": (lambda p, a, w: _forehead(p, a, w, None), 1.0, 0.8, {"AU01": 1.0}),
-    "forehead_left": (lambda p, a, w: _forehead(p, a, w, 0.034, 1), 1.0, 0.8, {"AU02_L": 1.0}),
-    "forehead_right": (lambda p, a, w: _forehead(p, a, w, 0.034, -1), 1.0, 0.8, {"AU02_R": 1.0}),
-    "glabella": (_glabella, 1.2, 1.0, {"AU04": 1.0}),
-    "crows_feet_left": (_sided(_crows_feet, 1), 0.8, 0.7, {"AU06_L": 1.0, "AU12_L": 0.5}),
-    "crows_feet_right": (_sided(_crows_feet, -1), 0.8, 0.7, {"AU06_R": 1.0, "AU12_R": 0.5}),
-    "lower_lid_left": (_sided(_lower_lid, 1), 0.5, 0.8, {"AU07_L": 1.0, "AU06_L": 0.5}),
-    "lower_lid_right": (_sided(_lower_lid, -1), 0.5, 0.8, {"AU07_R": 1.0, "AU06_R": 0.5}),
+    "forehead_center": (lambda p, a, w: _forehead(p, a, w, None), 1.5, 0.9, {"AU01": 1.0}),
+    "forehead_left": (lambda p, a, w: _forehead(p, a, w, 0.034, 1), 1.5, 0.9, {"AU02_L": 1.0}),
+    "forehead_right": (lambda p, a, w: _forehead(p, a, w, 0.034, -1), 1.5, 0.9, {"AU02_R": 1.0}),
+    "glabella": (_glabella, 1.5, 1.0, {"AU04": 1.0}),
+    "crows_feet_left": (_sided(_crows_feet, 1), 1.0, 0.7, {"AU06_L": 1.0, "AU12_L": 0.5}),
+    "crows_feet_right": (_sided(_crows_feet, -1), 1.0, 0.7, {"AU06_R": 1.0, "AU12_R": 0.5}),
+    "lower_lid_left": (_sided(_lower_lid, 1), 0.8, 0.8, {"AU07_L": 1.0, "AU06_L": 0.5}),
+    "lower_lid_right": (_sided(_lower_lid, -1), 0.8, 0.8, {"AU07_R": 1.0, "AU06_R": 0.5}),
     "nasolabial_left": (_sided(_nasolabial, 1), 2.0, 2.0,
                         {"AU12_L": 1.0, "AU10": 0.5, "AU06_L": 0.3, "AU26": 0.3}),
     "nasolabial_right": (_sided(_nasolabial, -1), 2.0, 2.0,
                          {"AU12_R": 1.0, "AU10": 0.5, "AU06_R": 0.3, "AU26": 0.3}),
-    "nose": (_nose, 0.6, 0.7, {"AU09": 1.0}),
-    "lip_lines": (_lip_lines, 0.5, 0.7, {"AU18": 1.0, "AU22": 0.5, "AU23": 0.5}),
-    "chin": (_chin, 0.6, 1.2, {"AU17": 1.0}),
+    "nose": (_nose, 1.0, 0.7, {"AU09": 1.0}),
+    "lip_lines": (_lip_lines, 0.8, 0.7, {"AU18": 1.0, "AU22": 0.5, "AU23": 0.5}),
+    "chin": (_chin, 0.8, 1.2, {"AU17": 1.0}),
     "dimple_left": (_sided(_dimple, 1), 1.5, 2.2, {"AU14_L": 1.0}),
     "dimple_right": (_sided(_dimple, -1), 1.5, 2.2, {"AU14_R": 1.0}),
-    "marionette_left": (_sided(_marionette, 1), 1.0, 1.2, {"AU15_L": 1.0}),
-    "marionette_right": (_sided(_marionette, -1), 1.0, 1.2, {"AU15_R": 1.0}),
+    "marionette_left": (_sided(_marionette, 1), 1.5, 1.2, {"AU15_L": 1.0}),
+    "marionette_right": (_sided(_marionette, -1), 1.5, 1.2, {"AU15_R": 1.0}),
 }
 #: Full width at half depth of a Gaussian groove of unit standard deviation.
 FWHM_PER_WIDTH = 2.0 * math.sqrt(2.0 * math.log(2.0))
