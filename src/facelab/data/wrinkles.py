@@ -67,18 +67,18 @@ activation is the clamped sum of the listed channels:
 ===================  ==================================================  ===========================  =====  =====
 pattern              geometry                                            activation                   depth  width
 ===================  ==================================================  ===========================  =====  =====
-forehead_center      horizontal lines (9 mm apart), central forehead     AU01                         1.0    0.8
-forehead_left/right  the same lines on the lateral forehead              AU02_L / AU02_R              1.0    0.8
-glabella             two vertical grooves between the brows + nasion     AU04                         1.2    1.0
-crows_feet_l/r       3 radial lines fanning from the outer eye corner    AU06_L/R + .5 AU12_L/R       0.8    0.7
-lower_lid_l/r        two arcs under the lower lid                        AU07_L/R + .5 AU06_L/R       0.5    0.8
+forehead_center      horizontal lines (9 mm apart), central forehead     AU01                         1.5    0.9
+forehead_left/right  the same lines on the lateral forehead              AU02_L / AU02_R              1.5    0.9
+glabella             two vertical grooves between the brows + nasion     AU04                         1.5    1.0
+crows_feet_l/r       3 radial lines fanning from the outer eye corner    AU06_L/R + .5 AU12_L/R       1.0    0.7
+lower_lid_l/r        two arcs under the lower lid                        AU07_L/R + .5 AU06_L/R       0.8    0.8
 nasolabial_l/r       fold from the nose wing past the mouth corner       AU12_L/R + .5 AU10 +         2.0    2.0
                                                                          .3 AU06_L/R + .3 AU26
-nose                 horizontal lines over the nasal bridge (5 mm)       AU09                         0.6    0.7
-lip_lines            vertical lines above and below the lips (4.5 mm)    AU18 + .5 AU22 + .5 AU23     0.5    0.7
-chin                 dimpled "orange peel" bumps, mentolabial sulcus     AU17                         0.6    1.2
+nose                 horizontal lines over the nasal bridge (5 mm)       AU09                         1.0    0.7
+lip_lines            vertical lines above and below the lips (4.5 mm)    AU18 + .5 AU22 + .5 AU23     0.8    0.7
+chin                 dimpled "orange peel" bumps, mentolabial sulcus     AU17                         0.8    1.2
 dimple_l/r           a pit beside the mouth corner                       AU14_L/R                     1.5    2.2
-marionette_l/r       a line running down from the mouth corner           AU15_L/R                     1.0    1.2
+marionette_l/r       a line running down from the mouth corner           AU15_L/R                     1.5    1.2
 ===================  ==================================================  ===========================  =====  =====
 
 Rendering these needs texels finer than the grooves: :class:`WrinkleModel` warns when the narrowest groove's full
