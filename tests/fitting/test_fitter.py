@@ -122,6 +122,13 @@ def test_fixed_identity_from_an_earlier_fit(models):
                        schedule=_schedule(rigid_iterations=5, landmark_iterations=20))
     torch.testing.assert_close(again.params.identity, first.params.identity)
     assert not torch.equal(again.params.expression, first.params.expression)
+    # a known identity given as params (pose unknown): it is kept, the rest is fitted
+    known = model.make_params(first.params.identity, torch.zeros_like(first.params.expression))
+    third = fitter.fit(FitTargets(image_size=SIZE, landmarks68=lmk), init=known, fix=("identity",))
+    torch.testing.assert_close(third.params.identity, first.params.identity)
+    assert landmark_nme(third.landmarks68_pix, lmk, "bbox").mean() < 0.01
+    with pytest.raises(ValueError, match="init has 1 faces"):
+        fitter.fit(FitTargets(image_size=SIZE, landmarks68=lmk), init=model.neutral_params(1))
     with pytest.raises(ValueError, match="unknown variables"):
         fitter.fit(FitTargets(image_size=SIZE, landmarks68=lmk), fix=("shape",))
 

@@ -103,3 +103,12 @@ def test_fit_command_on_the_astronaut(astronaut_run):
     params = np.load(out / "astronaut_face0_params.npz")
     assert params["expression"].shape == (51,) and params["camera"].shape == (3,) and params["sh"].shape == (27,)
     assert params["crop_matrix"].shape == (2, 3)
+
+
+def test_fit_command_refuses_bad_options(tmp_path, capsys):
+    from facelab.cli.main import main
+
+    (tmp_path / "in").mkdir()
+    assert main(["fit", "--model", "ict", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 2
+    assert "needs --model-path" in capsys.readouterr().err
+    assert main(["fit", "--model", "bfm", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "in" / "x")]) == 2

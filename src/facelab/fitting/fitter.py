@@ -25,6 +25,17 @@ Per-face convergence: every ``check_every`` iterations a face whose energy chang
 (relative) is frozen (its variables stop moving); a stage ends when every face is frozen or its budget is spent.
 The :class:`FitReport` says, per face and stage, the final energies, the iterations used and whether it converged.
 
+Landmarks: the model's iBUG 68 (targets from a detector, or from mediapipe's 478 through
+:func:`facelab.fitting.mediapipe_to_ibug68`) and, where the model has a mediapipe embedding (FLAME's 105 points),
+those points too. Contour: FLAME's 17 jaw points follow the head's yaw (its dynamic embedding); for every model the
+17 contour points weigh ``FitWeights.contour`` (their place along the outline is the least well defined), and the
+robust penalty bounds the pull of a wrong detection.
+
+Uses beyond one photo: landmarks only (no image: DNPM's bilinear fit of degraded photos), a known identity
+(``fix=("identity",)`` with ``init``), sequences sharing one identity (``identity_groups``: the frames of a video;
+``init`` warm-starts a frame from the previous one), photos with texture and SH (FaceDet3D's proxy geometry and
+texture map, DualStream's texture ground truth).
+
 The head rotation turns the mesh about the model origin (the synthetic world's ``global_pose`` for BFM, bilinear
 and ICT); for FLAME it is FLAME's own ``global_pose`` (its 68-landmark contour follows the yaw). Cameras are those of
 :mod:`facelab.render.camera` with an identity rotation: weak perspective ``[s, tx, ty]`` or pinhole
@@ -89,7 +100,7 @@ class FitWeights:
 
     landmarks68: float = 1.0
     landmarks_mp: float = 1.0
-    photometric: float = 0.02
+    photometric: float = 1.0
     identity: float = 1e-3
     expression: float = 1e-3
     albedo: float = 1e-4
@@ -124,7 +135,7 @@ class FitSchedule:
     rigid_lr: float = 0.02
     lr: float = 0.1
     pose_lr: float = 0.01
-    photometric_lr: float = 0.01
+    photometric_lr: float = 0.03
     tolerance: float = 5e-3
     check_every: int = 10
     final_lr_factor: float = 0.1
@@ -366,17 +377,18 @@ class MorphableFitter(nn.Module):
     # ---------------------------------------------------------------------------------------------- public API
     @property
     def has_uv(self) -> bool:
-        return self.model.uv.numel() > 0
+        return bool(self.model.has_uv)
 
-    def fit(self, targets: FitTargets, init: FitResult | None = None, fix: tuple[str, ...] = (),
+    def fit(self, targets: FitTargets, init: FitResult | MorphableParams | None = None, fix: tuple[str, ...] = (),
             identity_groups: Tensor | None = None, schedule: FitSchedule | None = None,
             outputs: bool = True) -> FitResult:
         """Fit a batch.
 
         Args:
             targets: the landmarks (and photos) of B faces.
-            init: start from an earlier fit (e.g. the previous frame of a video) instead of the closed-form pose and
-                the mean face; the closed-form pose is skipped.
+            init: start from an earlier fit (a :class:`FitResult`, e.g. the previous frame of a video: pose, camera,
+                SH and coefficients; the closed-form pose is skipped), or from known coefficients (a params object
+                of B rows, e.g. a person's identity: the pose is still solved in closed form).
             fix: variable names held at their initial values: ``identity`` (e.g. a known identity of a sequence, with
                 ``init``), ``expression``, ``albedo``, ``sh``, ``pose`` (rotation and translation), ``jaw_pose``.
             identity_groups: (B,) long group id of each face: faces of a group share identity (and albedo), e.g.
@@ -471,12 +483,14 @@ class MorphableFitter(nn.Module):
             state[name] = z(b, self._zero_fields[name])
         return state
 
-    def _initial_state(self, prep: _Prepared, init: FitResult | None) -> dict[str, Tensor]:
+    def _initial_state(self, prep: _Prepared, init: FitResult | MorphableParams | None) -> dict[str, Tensor]:
         b = prep.targets.batch_size
         state = self._neutral_state(b, model_device_dtype(self.model), prep.num_groups)
-        if init is not None:
+        if isinstance(init, FitResult):
             self._load_init(state, prep, init)
             return state
+        if init is not None:  # known coefficients (e.g. an identity), unknown pose
+            self._load_params(state, prep, init)
         # closed-form pose of the mean face (its landmarks do not depend on the pose for non-FLAME models; FLAME's
         # contour does, so its static 51 points alone are used there)
         pts = self.mean_landmarks68.expand(b, -1, -1)
@@ -517,14 +531,17 @@ class MorphableFitter(nn.Module):
             per_unit = per_unit * self.extent
         state["translation"] = state["translation"] + shift_ndc / per_unit
 
-    def _load_init(self, state: dict[str, Tensor], prep: _Prepared, init: FitResult) -> None:
-        blocks = init.params.tensors()
+    def _load_params(self, state: dict[str, Tensor], prep: _Prepared, params: MorphableParams) -> None:
+        """Coefficient blocks and fitted pose fields of ``params`` (B rows) into ``state``; a group takes the
+        identity / albedo of its first face."""
+        blocks = params.tensors()
         b = prep.targets.batch_size
-        if init.batch_size != b:
-            raise ValueError(f"init has {init.batch_size} faces but the targets have {b}")
+        if params.batch_size != b:
+            raise ValueError(f"init has {params.batch_size} faces but the targets have {b}")
         groups = prep.groups
-        first = torch.zeros(prep.num_groups, dtype=torch.long, device=groups.device)
-        first.scatter_(0, groups.flip(0), torch.arange(b - 1, -1, -1, device=groups.device))  # first face per group
+        faces = torch.arange(b, device=groups.device)
+        first = torch.full((prep.num_groups,), b, dtype=torch.long, device=groups.device)
+        first = first.scatter_reduce(0, groups, faces, reduce="amin")
         state["identity"] = blocks["identity"].detach().to(state["identity"])[first].clone()
         state["expression"] = blocks["expression"].detach().to(state["expression"]).clone()
         if "albedo" in state and blocks.get("albedo") is not None:
@@ -532,6 +549,9 @@ class MorphableFitter(nn.Module):
         for name in self.fitted_fields:
             if blocks.get(name) is not None:
                 state[name] = blocks[name].detach().to(state[name]).clone()
+
+    def _load_init(self, state: dict[str, Tensor], prep: _Prepared, init: FitResult) -> None:
+        self._load_params(state, prep, init.params)
         state["rotation"] = init.rotation.detach().to(state["rotation"]).clone()
         if init.sh is not None:
             state["sh"] = init.sh.detach().to(state["sh"]).clone()
