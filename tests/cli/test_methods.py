@@ -125,7 +125,7 @@ def test_unknown_method_lists_the_installed_ones(fake, tmp_path, capsys):
     assert main(["evaluate", "--method", "fakerecon", "--init"]) == 2  # installed, but no evaluation
     assert "no `facelab evaluate` support; methods that do: smirk" in capsys.readouterr().err
     assert main(["bench", "nope"]) == 2
-    assert "available: data, fakerecon-speed, flame, raster, smirk" in capsys.readouterr().err
+    assert "available: data, fakerecon-speed, fit, flame, raster, smirk" in capsys.readouterr().err
     with pytest.raises(UnknownMethodError, match="installed: fakerecon, smirk"):
         get_method("nope")
     assert not (tmp_path / "o").exists()
