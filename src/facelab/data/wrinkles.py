@@ -67,14 +67,14 @@ activation is the clamped sum of the listed channels:
 ===================  ==================================================  ===========================  =====  =====
 pattern              geometry                                            activation                   depth  width
 ===================  ==================================================  ===========================  =====  =====
-forehead_center      horizontal lines (9 mm apart), central forehead     AU01                         1.5    0.9
-forehead_left/right  the same lines on the lateral forehead              AU02_L / AU02_R              1.5    0.9
-glabella             two vertical grooves between the brows + nasion     AU04                         1.5    1.0
-crows_feet_l/r       3 radial lines fanning from the outer eye corner    AU06_L/R + .5 AU12_L/R       1.0    0.7
-lower_lid_l/r        two arcs under the lower lid                        AU07_L/R + .5 AU06_L/R       0.8    0.8
+forehead_center      horizontal lines (9 mm apart), central forehead     AU01                         1.8    0.9
+forehead_left/right  the same lines on the lateral forehead              AU02_L / AU02_R              1.8    0.9
+glabella             two vertical grooves between the brows + nasion     AU04                         1.8    1.0
+crows_feet_l/r       3 radial lines fanning from the outer eye corner    AU06_L/R + .5 AU12_L/R       1.2    0.7
+lower_lid_l/r        two arcs under the lower lid                        AU07_L/R + .5 AU06_L/R       1.0    0.8
 nasolabial_l/r       fold from the nose wing past the mouth corner       AU12_L/R + .5 AU10 +         2.0    2.0
                                                                          .3 AU06_L/R + .3 AU26
-nose                 horizontal lines over the nasal bridge (5 mm)       AU09                         1.0    0.7
+nose                 horizontal lines over the nasal bridge (5 mm)       AU09                         1.2    0.7
 lip_lines            vertical lines above and below the lips (4.5 mm)    AU18 + .5 AU22 + .5 AU23     0.8    0.7
 chin                 dimpled "orange peel" bumps, mentolabial sulcus     AU17                         0.8    1.2
 dimple_l/r           a pit beside the mouth corner                       AU14_L/R                     1.5    2.2
@@ -462,19 +462,19 @@ def _sided(fn, s: int) -> _Pattern:
 #: name -> (field, depth in mm at activation 1, groove width (Gaussian std) in mm, {channel: weight}); see the
 #: module docstring.
 WRINKLE_PATTERNS: dict[str, tuple[_Pattern, float, float, _Weights]] = {
-    "forehead_center": (lambda p, a, w: _forehead(p, a, w, None), 1.5, 0.9, {"AU01": 1.0}),
-    "forehead_left": (lambda p, a, w: _forehead(p, a, w, 0.034, 1), 1.5, 0.9, {"AU02_L": 1.0}),
-    "forehead_right": (lambda p, a, w: _forehead(p, a, w, 0.034, -1), 1.5, 0.9, {"AU02_R": 1.0}),
-    "glabella": (_glabella, 1.5, 1.0, {"AU04": 1.0}),
-    "crows_feet_left": (_sided(_crows_feet, 1), 1.0, 0.7, {"AU06_L": 1.0, "AU12_L": 0.5}),
-    "crows_feet_right": (_sided(_crows_feet, -1), 1.0, 0.7, {"AU06_R": 1.0, "AU12_R": 0.5}),
-    "lower_lid_left": (_sided(_lower_lid, 1), 0.8, 0.8, {"AU07_L": 1.0, "AU06_L": 0.5}),
-    "lower_lid_right": (_sided(_lower_lid, -1), 0.8, 0.8, {"AU07_R": 1.0, "AU06_R": 0.5}),
+    "forehead_center": (lambda p, a, w: _forehead(p, a, w, None), 1.8, 0.9, {"AU01": 1.0}),
+    "forehead_left": (lambda p, a, w: _forehead(p, a, w, 0.034, 1), 1.8, 0.9, {"AU02_L": 1.0}),
+    "forehead_right": (lambda p, a, w: _forehead(p, a, w, 0.034, -1), 1.8, 0.9, {"AU02_R": 1.0}),
+    "glabella": (_glabella, 1.8, 1.0, {"AU04": 1.0}),
+    "crows_feet_left": (_sided(_crows_feet, 1), 1.2, 0.7, {"AU06_L": 1.0, "AU12_L": 0.5}),
+    "crows_feet_right": (_sided(_crows_feet, -1), 1.2, 0.7, {"AU06_R": 1.0, "AU12_R": 0.5}),
+    "lower_lid_left": (_sided(_lower_lid, 1), 1.0, 0.8, {"AU07_L": 1.0, "AU06_L": 0.5}),
+    "lower_lid_right": (_sided(_lower_lid, -1), 1.0, 0.8, {"AU07_R": 1.0, "AU06_R": 0.5}),
     "nasolabial_left": (_sided(_nasolabial, 1), 2.0, 2.0,
                         {"AU12_L": 1.0, "AU10": 0.5, "AU06_L": 0.3, "AU26": 0.3}),
     "nasolabial_right": (_sided(_nasolabial, -1), 2.0, 2.0,
                          {"AU12_R": 1.0, "AU10": 0.5, "AU06_R": 0.3, "AU26": 0.3}),
-    "nose": (_nose, 1.0, 0.7, {"AU09": 1.0}),
+    "nose": (_nose, 1.2, 0.7, {"AU09": 1.0}),
     "lip_lines": (_lip_lines, 0.8, 0.7, {"AU18": 1.0, "AU22": 0.5, "AU23": 0.5}),
     "chin": (_chin, 0.8, 1.2, {"AU17": 1.0}),
     "dimple_left": (_sided(_dimple, 1), 1.5, 2.2, {"AU14_L": 1.0}),
