@@ -27,7 +27,7 @@ from torch.func import functional_call
 from facelab.errors import AssetFormatError
 from facelab.io.assets import require_file
 from facelab.io.weights import load_state_dict_strict, read_state_dict
-from facelab.log import get_logger
+from facelab.log import get_logger, warn_missing_weights
 from facelab.losses import (
     FrozenNetwork,
     PerceptualLoss,
@@ -277,7 +277,7 @@ class MicaShapeTeacher(FrozenNetwork):
     MICA (Zielonka et al. 2022) is not reimplemented here. Give either an export mapping the MICA-preprocessed
     image batch to (B, >= n_shape) FLAME shape coefficients (``torch.export`` ``.pt2`` or a TorchScript archive),
     or a state dict plus the ``model`` it belongs to. With ``weights_path=None`` the teacher is off
-    (:attr:`enabled` False, one INFO line); calling it then raises with the explanation.
+    (:attr:`enabled` False, a console WARNING); calling it then raises with the explanation.
 
     Args:
         weights_path: ``.pt2`` (torch.export), TorchScript archive or state dict, local; None: off.
@@ -290,7 +290,9 @@ class MicaShapeTeacher(FrozenNetwork):
         self.n_shape = n_shape
         self.teacher: nn.Module | None = None
         if weights_path is None:
-            log.info("MICA shape teacher off (weights_path is None): the shape-teacher loss is skipped")
+            warn_missing_weights("weights_path", "the MICA shape teacher",
+                                 "the shape-teacher loss is skipped (the shape encoder learns from landmarks only)",
+                                 logger=__name__)
         else:
             file = require_file(weights_path, what="MICA shape teacher (TorchScript or state dict)",
                                 config_key="weights_path", family="weights")
