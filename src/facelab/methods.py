@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ACTION_VERBS",
+    "ActionEntry",
     "Benchmark",
     "EvaluateEntry",
     "EvaluateRequest",
@@ -192,6 +194,36 @@ class EvaluateEntry:
             raise ValueError("EvaluateEntry.data must name at least one data set")
 
 
+#: The method-defined commands the core offers (``facelab VERB --method NAME [method options]``): the core names
+#: the verbs, each method says what its own options are and what they do (:class:`ActionEntry`).
+ACTION_VERBS: Mapping[str, str] = {
+    "animate": "animate faces (target expressions, speech, ...) with a trained method",
+    "detail": "generate or transfer facial detail (displacement maps, detailed meshes) with a trained method",
+}
+
+
+@dataclass(frozen=True)
+class ActionEntry:
+    """A method's ``facelab VERB`` command (one of :data:`ACTION_VERBS`): the method owns all of its options.
+
+    Attributes:
+        run: ``(options: argparse.Namespace) -> int | None`` (the exit code); ``options`` holds the method's parsed
+            options plus ``device`` (the common ``--device``, resolved to ``"cpu"``, ``"cuda"``, ...). User errors
+            raise ``ValueError`` / ``FileNotFoundError`` / ``FacelabError`` (printed as one line, exit code 2),
+            before anything is written where possible.
+        add_arguments: adds the method's options.
+        help: one line for ``facelab methods NAME``.
+    """
+
+    run: Callable[[argparse.Namespace], int | None]
+    add_arguments: ArgumentAdder | None = None
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if not callable(self.run):
+            raise TypeError(f"ActionEntry.run must be callable, got {self.run!r}")
+
+
 @dataclass(frozen=True)
 class Method:
     """A method as the ``facelab`` commands see it (what its entry point names).
@@ -204,6 +236,7 @@ class Method:
         evaluate: ``facelab evaluate`` support, or None.
         benchmarks: ``facelab bench`` name -> :class:`Benchmark` (names share one namespace with the core's).
         configs: name -> ``lightning-cli`` config path (relative to the repository root), for listings.
+        actions: verb (one of :data:`ACTION_VERBS`, e.g. ``"animate"``) -> :class:`ActionEntry`.
     """
 
     name: str
@@ -213,6 +246,7 @@ class Method:
     evaluate: EvaluateEntry | None = None
     benchmarks: Mapping[str, Benchmark] = field(default_factory=dict)
     configs: Mapping[str, str] = field(default_factory=dict)
+    actions: Mapping[str, ActionEntry] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -223,12 +257,17 @@ class Method:
             if not _NAME.match(name) or not isinstance(bench, Benchmark):
                 raise ValueError(f"method {self.name!r}: benchmark {name!r} -> {bench!r} is not a "
                                  "lower-case name -> facelab.methods.Benchmark entry")
+        for verb, entry in self.actions.items():
+            if verb not in ACTION_VERBS or not isinstance(entry, ActionEntry):
+                raise ValueError(f"method {self.name!r}: action {verb!r} -> {entry!r} is not one of "
+                                 f"{', '.join(ACTION_VERBS)} -> facelab.methods.ActionEntry")
 
     @property
     def commands(self) -> tuple[str, ...]:
         """The ``facelab`` commands the method supports."""
         return tuple(name for name, entry in (("reconstruct", self.reconstruct), ("evaluate", self.evaluate),
-                                              ("bench", self.benchmarks or None)) if entry is not None)
+                                              ("bench", self.benchmarks or None)) if entry is not None
+                     ) + tuple(verb for verb in ACTION_VERBS if verb in self.actions)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -374,4 +413,4 @@ def describe(method: Method) -> dict[str, Any]:
     """A JSON-able summary of a method (listings)."""
     return {"name": method.name, "description": method.description, "family": method.family,
             "commands": list(method.commands), "benchmarks": {k: b.description for k, b in method.benchmarks.items()},
-            "configs": dict(method.configs)}
+            "configs": dict(method.configs), "actions": {k: a.help for k, a in method.actions.items()}}

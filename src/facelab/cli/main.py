@@ -6,6 +6,8 @@
     facelab preprocess --input DIR_OR_VIDEO --out DIR [--scale 1.6] [--size 224]
     facelab reconstruct --method NAME --ckpt CKPT --input IMAGE|DIR|VIDEO --out DIR [--smooth N] [method options]
     facelab evaluate --method NAME --ckpt CKPT --data synthetic [--json OUT] [method options]
+    facelab animate --method NAME [--device D] [method options]    # method-defined (facelab.methods.ACTION_VERBS)
+    facelab detail --method NAME [--device D] [method options]
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the parser's ``func`` runs it.
 Methods plug in through :mod:`facelab.methods`; a subcommand that takes a method's own options sets the parser
@@ -20,7 +22,7 @@ import sys
 
 #: Modules that contribute subcommands (the core's commands; methods plug in through facelab.methods, not here).
 SUBCOMMAND_MODULES = ("facelab.cli.assets", "facelab.cli.bench", "facelab.cli.preprocess", "facelab.cli.reconstruct",
-                      "facelab.cli.evaluate", "facelab.cli.methods", "facelab.cli.fit")
+                      "facelab.cli.evaluate", "facelab.cli.methods", "facelab.cli.fit", "facelab.cli.actions")
 
 
 def build_parser() -> argparse.ArgumentParser:

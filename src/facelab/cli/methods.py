@@ -54,4 +54,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"evaluate --data: {', '.join(entry.data)}; --init: {'yes' if entry.supports_init else 'no'}")
         print(method_options_parser(method, command, entry.add_arguments).format_help().rstrip())
+    for verb, action in method.actions.items():
+        print()
+        print(f"{verb}: {action.help}" if action.help else verb)
+        print(method_options_parser(method, verb, action.add_arguments).format_help().rstrip())
     return 0

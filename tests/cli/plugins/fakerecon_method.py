@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from facelab.bench.common import BenchRow, time_fn
 from facelab.io.weights import load_state_dict_strict, read_state_dict
-from facelab.methods import Benchmark, Method, ReconstructEntry
+from facelab.methods import ActionEntry, Benchmark, Method, ReconstructEntry
 from facelab.morphable import load_model
 from facelab.reconstruction import FaceEncoding, Reconstruction, region_topology
 from facelab.render import MeshRenderer, WeakPerspectiveCamera, shape_lights
@@ -100,11 +100,26 @@ def run(args: argparse.Namespace) -> list[BenchRow]:
                      items_per_s=1000.0 * args.batch / ms, peak_mem_mb=0.0)]
 
 
+def _animate_arguments(parser) -> None:
+    parser.add_argument("--frames", type=int, required=True, help="frames to write")
+    parser.add_argument("--out", required=True, help="output file")
+
+
+def _animate(options) -> int:
+    """Writes one line per frame (what the CLI test reads back)."""
+    if options.frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {options.frames}")
+    with open(options.out, "w") as f:
+        f.writelines(f"frame {i} on {options.device}\n" for i in range(options.frames))
+    return 0
+
+
 method = Method(
     name=NAME, description="test-only: BFM expressions from a crop's mean colour", family="bfm",
     reconstruct=ReconstructEntry(from_checkpoint=from_checkpoint, add_arguments=_arguments, crop_scale=1.25,
                                  crop="box", checkpoint_help="a ColourRegressor state dict"),
     benchmarks={f"{NAME}-speed": Benchmark("fakerecon_method", "test-only: encode + decode of a tiny BFM")},
+    actions={"animate": ActionEntry(run=_animate, add_arguments=_animate_arguments, help="test-only: frame lines")},
 )
 
 #: Not a Method: an entry point naming it must fail to load, clearly.
