@@ -199,6 +199,7 @@ class EvaluateEntry:
 ACTION_VERBS: Mapping[str, str] = {
     "animate": "animate faces (target expressions, speech, ...) with a trained method",
     "detail": "generate or transfer facial detail (displacement maps, detailed meshes) with a trained method",
+    "prepare": "build a method's training-data cache from a user's dataset (resumable, with a report of skipped files)",
 }
 
 

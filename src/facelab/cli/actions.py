@@ -1,7 +1,8 @@
-"""The method-defined commands (:data:`facelab.methods.ACTION_VERBS`): ``facelab animate``, ``facelab detail``.
+"""The method-defined commands (:data:`facelab.methods.ACTION_VERBS`): ``facelab animate``, ``detail``, ``prepare``.
 
     facelab animate --method NAME [--device auto|cpu|cuda] [method options]
     facelab detail --method NAME [--device auto|cpu|cuda] [method options]
+    facelab prepare --method NAME [--device auto|cpu|cuda] [method options]
 
 The core names the verbs; a method that supports one declares an :class:`facelab.methods.ActionEntry` under
 ``Method.actions[verb]`` with its own options (``facelab methods NAME`` lists them) and what running them does.

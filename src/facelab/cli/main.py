@@ -8,6 +8,7 @@
     facelab evaluate --method NAME --ckpt CKPT --data synthetic [--json OUT] [method options]
     facelab animate --method NAME [--device D] [method options]    # method-defined (facelab.methods.ACTION_VERBS)
     facelab detail --method NAME [--device D] [method options]
+    facelab prepare --method NAME [--device D] [method options]
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the parser's ``func`` runs it.
 Methods plug in through :mod:`facelab.methods`; a subcommand that takes a method's own options sets the parser
