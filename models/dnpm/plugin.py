@@ -2,16 +2,61 @@
 
 ``pyproject.toml`` declares ``dnpm = "dnpm:method"`` in the ``facelab.methods`` entry-point group.
 This module only describes: networks and checkpoints are imported by the functions it names when a command runs them.
+
+* ``facelab detail --method dnpm --ckpt CKPT --id ID.npy|random --exp EXP.npy|PRESET|random --out DIR``:
+  :mod:`dnpm.detail` (displacement map as 16-bit PNG + float .npy, detailed and proxy OBJ, side-by-side render).
+* ``facelab prepare --method dnpm ...``: :mod:`dnpm.prepare` (the FaceScape displacement-map cache).
+* ``facelab bench dnpm``: :mod:`dnpm.bench` (G / D training throughput, grouped vs per-sample modulated conv).
 """
 
 from __future__ import annotations
 
-from facelab.methods import Method
+import argparse
+
+from facelab.methods import ActionEntry, Benchmark, Method
 
 __all__ = ["method"]
 
+
+def _detail_arguments(parser: argparse.ArgumentParser) -> None:
+    from dnpm.detail import add_arguments
+
+    add_arguments(parser)
+
+
+def _detail(options: argparse.Namespace) -> int:
+    from dnpm.detail import run
+
+    return run(options)
+
+
+def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    from dnpm.prepare import add_arguments
+
+    add_arguments(parser)
+
+
+def _prepare(options: argparse.Namespace) -> int:
+    from dnpm.prepare import run
+
+    return run(options)
+
+
+#: DNPM as the ``facelab`` commands see it.
 method = Method(
     name="dnpm",
     description="DNPM / Detailed3DMM: StyleGAN2 over displacement maps, (identity, expression) -> detail",
     family="bilinear",
+    benchmarks={"dnpm": Benchmark("dnpm.bench", "DNPM G / D forward+backward kimg/s at the CPU default resolution "
+                                                "and 256^2; grouped-conv vs per-sample modulated convolution")},
+    configs={"gan": "configs/dnpm.yaml", "gan_1024": "configs/dnpm_1024.yaml",
+             "detailed3dmm": "configs/dnpm_detailed3dmm.yaml"},
+    actions={
+        "detail": ActionEntry(run=_detail, add_arguments=_detail_arguments,
+                              help="displacement map + detailed mesh from (identity, expression) with a Detailed3DMM "
+                                   "checkpoint"),
+        "prepare": ActionEntry(run=_prepare, add_arguments=_prepare_arguments,
+                               help="FaceScape displacement maps -> a float training cache (resumable, report of "
+                                    "skipped files)"),
+    },
 )
