@@ -9,10 +9,9 @@ Per batch (manual optimisation, two guarded steps):
 2. D step: non-saturating loss on the real image vs the render composited over the image's background, the AU
    regression on reals (Eq. 18) and lazy R1 (:class:`facelab.losses.LazyR1`).
 
-Data: any batch :func:`render_batch` understands: today the synthetic world's
-:class:`facelab.data.synthetic.SyntheticFaceBatch` (BFM family, ``return_vertices`` and ``return_albedo`` on): the
-texture map T(I_x) is unwrapped from the image through the proxy geometry (``facelab.uv.unwrap_texture``), the
-detail map is the world's wrinkle displacement (mm), AUs the world's. A :class:`RenderBatch` passes through.
+Data: any batch :func:`render_batch` understands: the Eq. 1 inputs of :mod:`facedet3d.data`
+(``FaceDetailDataModule`` with ``pairs: false``: the synthetic world or a ``facelab prepare`` cache of photos) or the
+plain BFM synthetic world's :class:`facelab.data.synthetic.SyntheticFaceBatch`.
 """
 
 from __future__ import annotations
@@ -55,33 +54,49 @@ class RenderBatch:
 
     Attributes:
         image: (B, 3, H, W) I_x in [0, 1].
-        face_mask: (B, 1, H, W) pixels of the face the losses compare (rendered, not occluded).
         inputs: R's inputs with ``action_units`` = the image's own AU x.
         detail: (B, 1, S_d, S_d) D(I_x), UV displacement in mm.
+        face_mask: (B, 1, H, W) pixels the photometric / AugW losses compare; None: the rendered face.
+        skin_mask: (B, 1, H, W) the DSL region from the data (intersected with the model's skin faces); None: those
+            faces alone.
     """
 
     image: Tensor
-    face_mask: Tensor
     inputs: RenderInputs
     detail: Tensor
+    face_mask: Tensor | None = None
+    skin_mask: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return self.image.shape[0]
 
 
-def render_batch(batch, uv_mapper: UVMapper) -> RenderBatch:
-    """A :class:`RenderBatch` from a synthetic-world batch (BFM family; ``return_vertices`` and ``return_albedo``).
+def render_batch(batch, model, uv_mapper: UVMapper) -> RenderBatch:
+    """A :class:`RenderBatch` from the data FaceDet3D trains on.
 
-    T(I_x) is unwrapped from the image through the posed mesh with the occlusion test (what ``facelab fit`` writes
-    for a photo).
+    * :class:`facedet3d.data.FaceDetailBatch` (the Eq. 1 inputs: synthetic world, ``facelab prepare`` caches of
+      photos): G_P is ``batch.proxy_mesh(model)`` with its BFM albedo; T(I_x), D(I_x), the skin mask as given. A
+      :class:`facedet3d.data.DetailPairBatch` uses its source faces.
+    * :class:`facelab.data.synthetic.SyntheticFaceBatch` of the BFM family (``return_vertices``, ``return_albedo``):
+      T(I_x) is unwrapped from the image through the posed mesh with the occlusion test (what ``facelab fit``
+      writes for a photo), the face mask drops occluders.
     """
     if isinstance(batch, RenderBatch):
         return batch
+    batch = getattr(batch, "source", batch)  # a DetailPairBatch: R learns from the source faces
+    if hasattr(batch, "texture_mask"):  # facedet3d.data.FaceDetailBatch
+        mesh = batch.proxy_mesh(model)
+        texture = batch.texture * batch.texture_mask
+        inputs = RenderInputs(texture=texture, verts=mesh.verts, camera=batch.camera_object(), sh_coeffs=batch.sh,
+                              albedo=mesh.albedo, action_units=batch.action_units)
+        return RenderBatch(image=batch.image, inputs=inputs, detail=batch.detail * batch.detail_mask,
+                           skin_mask=batch.skin_mask)
     missing = [k for k in ("verts", "albedo_uv", "displacement_uv") if getattr(batch, k, None) is None]
     if missing:
-        raise ValueError(f"FaceDet3D's renderer needs {missing} in the batch: use the BFM synthetic world with "
-                         f"data.init_args.return_vertices/return_albedo: true (family bfm)")
+        raise ValueError(f"FaceDet3D's renderer needs {missing} in the batch: use facedet3d.data.FaceDetailDataModule "
+                         f"(pairs: false), or the BFM synthetic world with data.init_args.return_vertices/"
+                         f"return_albedo: true")
     camera = batch.camera_object()
     verts = batch.verts
     verts_ndc = camera.view_to_ndc(camera.to_view(verts))
@@ -90,7 +105,7 @@ def render_batch(batch, uv_mapper: UVMapper) -> RenderBatch:
     mask = batch.render_mask * (batch.segmentation != _OCCLUDER).unsqueeze(1).to(batch.render_mask.dtype)
     inputs = RenderInputs(texture=texture, verts=verts, camera=camera, sh_coeffs=batch.sh_coeffs,
                           albedo=batch.albedo_uv, action_units=batch.action_units)
-    return RenderBatch(image=batch.image, face_mask=mask, inputs=inputs, detail=batch.displacement_uv)
+    return RenderBatch(image=batch.image, inputs=inputs, detail=batch.displacement_uv, face_mask=mask)
 
 
 def r1_logits(out) -> list[Tensor]:
@@ -201,7 +216,7 @@ class RenderModule(LightningModule):
     def prepare(self, batch) -> RenderBatch:
         """The batch as :class:`RenderBatch` (T(I_x) unwrapped, masks, AUs)."""
         with torch.no_grad():
-            return render_batch(batch, self.uv_mapper)
+            return render_batch(batch, self.model, self.uv_mapper)
 
     def render_pair(self, rb: RenderBatch, fake: Tensor) -> tuple[NeuralRender, NeuralRender]:
         """Renders with the true details D(I_x) and with the fake details (one NTM, one G_P raster for both)."""
@@ -212,15 +227,22 @@ class RenderModule(LightningModule):
         return real, swapped
 
     @staticmethod
+    def face_mask(rb: RenderBatch, render: NeuralRender) -> Tensor:
+        """The compared pixels: the data's face mask, else the rendered face."""
+        return render.mask if rb.face_mask is None else rb.face_mask
+
+    @staticmethod
     def composite(render: NeuralRender, image: Tensor) -> Tensor:
         """The render over the image's background (what D sees)."""
         return render.image * render.mask + image * (1 - render.mask)
 
     def render_losses(self, rb: RenderBatch, real: NeuralRender, swapped: NeuralRender) -> tuple[dict, Tensor]:
         """R's loss terms (and I*_x)."""
-        mask = rb.face_mask
+        mask = self.face_mask(rb, real)
         image_fake = augmented_image(rb.image, real.detailed.shading, swapped.detailed.shading, mask)  # Eq. 14
         skin = self.rasterizer.skin_mask(swapped.detailed) * mask
+        if rb.skin_mask is not None:
+            skin = skin * rb.skin_mask
         losses = {
             "photometric": render_photometric_loss(real.image, rb.image, mask),
             "augw": augmented_wrinkle_loss(swapped.image, image_fake, mask, self.laplacian_levels),  # Eq. 15
@@ -278,9 +300,10 @@ class RenderModule(LightningModule):
 
         rb = self.prepare(batch)
         real, swapped = self.render_pair(rb, fake_details(rb.detail))
-        image_fake = augmented_image(rb.image, real.detailed.shading, swapped.detailed.shading, rb.face_mask)
-        metrics = {"photometric": render_photometric_loss(real.image, rb.image, rb.face_mask),
-                   **detail_response(real.image, swapped.image, rb.image, image_fake, rb.face_mask)}
+        mask = self.face_mask(rb, real)
+        image_fake = augmented_image(rb.image, real.detailed.shading, swapped.detailed.shading, mask)
+        metrics = {"photometric": render_photometric_loss(real.image, rb.image, mask),
+                   **detail_response(real.image, swapped.image, rb.image, image_fake, mask)}
         for name, value in metrics.items():
             self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=rb.batch_size)
 

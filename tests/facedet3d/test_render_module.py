@@ -30,10 +30,10 @@ TINY_CLI = ["--model.init_args.network.init_args.ntex_channels=[4,8]",
             "--model.init_args.discriminator.init_args.channels=[4,8,8]",
             f"--model.init_args.image_size={SIZE}", f"--model.init_args.texture_size={SIZE}",
             "--model.init_args.laplacian_levels=3", "--model.init_args.log_images_every_n_steps=1",
-            f"--data.init_args.image_size={SIZE}", f"--data.init_args.uv_size={SIZE}",
-            "--data.init_args.displacement_size=64", "--data.init_args.batch_size=2",
+            f"--data.init_args.image_size={SIZE}", f"--data.init_args.texture_size={SIZE}",
+            "--data.init_args.map_size=64", "--data.init_args.batch_size=2",
             "--data.init_args.num_train=4", "--data.init_args.num_val=2", "--data.init_args.num_workers=0",
-            "--trainer.accelerator=cpu", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2",
+            "--trainer.accelerator=cpu", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=1",
             "--trainer.log_every_n_steps=1", "--trainer.enable_model_summary=false"]
 
 
@@ -83,10 +83,10 @@ def test_weights_off_and_bad_inputs(batches):
 def test_render_config_runs_through_lightning_cli(tmp_path):
     cli = Path(sys.executable).parent / "lightning-cli"
     cmd = [str(cli), "fit", "--config", str(REPO / "configs" / "facedet3d_render.yaml"), *TINY_CLI,
-           "--trainer.max_steps=4"]
+           "--trainer.max_steps=2"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    assert "max_steps=4` reached" in proc.stdout + proc.stderr
+    assert "max_steps=2` reached" in proc.stdout + proc.stderr
     run = tmp_path / "logs" / "facedet3d_render"
     assert list(run.rglob("config.yaml")) and "loss_weights:" in next(run.rglob("hparams.yaml")).read_text()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

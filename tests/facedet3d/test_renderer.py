@@ -23,7 +23,7 @@ def setup():
     m = data.model
     mapper = UVMapper(m.faces, m.uv, m.faces_uv, SIZE, num_verts=m.num_verts)
     raster = DetailRasterizer.from_model(m, image_size=SIZE, displacement_scale=1e-3 / UNITS_TO_METRES[m.units])
-    return render_batch(batch, mapper), raster
+    return render_batch(batch, m, mapper), raster
 
 
 def test_proxy_and_detailed_rasters(setup):
