@@ -43,7 +43,8 @@ from facelab.training import GuardedStep, ImageGridLogger, tensorboard_writer
 from facelab.uv import UVMapper
 from facelab.uv.texture import unwrap_texture
 
-__all__ = ["RenderBatch", "RenderModule", "au_bars", "detail_to_rgb", "fake_details", "render_batch"]
+__all__ = ["LoadedRender", "RenderBatch", "RenderModule", "au_bars", "detail_to_rgb", "fake_details", "load_render",
+           "render_batch"]
 
 _OCCLUDER = 10  # facelab.data.synthetic.SEGMENTATION_LABELS.index("occluder")
 
@@ -200,7 +201,7 @@ class RenderModule(LightningModule):
         self.guarded_step = GuardedStep.for_lightning(self, name="FaceDet3D R", logger=__name__)
         self._batches_seen = 0
         self.save_hyperparameters(ignore=["network", "discriminator", "shading_predictor", "loss_weights"])
-        self.save_hyperparameters({"loss_weights": asdict(self.weights)})
+        self.save_hyperparameters({"loss_weights": asdict(self.weights), "network_config": self.network.config})
 
     # ---------------------------------------------------------------------------------------------- optimizers
     def configure_optimizers(self):
@@ -307,3 +308,44 @@ class RenderModule(LightningModule):
         for name, value in metrics.items():
             self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=rb.batch_size)
 
+
+
+@dataclass
+class LoadedRender:
+    """R of a :class:`RenderModule` checkpoint: the network (eval mode), its rasterizer and the BFM it renders."""
+
+    network: RenderingNetwork
+    rasterizer: DetailRasterizer
+    model: object
+    image_size: int
+    texture_size: int
+
+
+def load_render(path, device: str | torch.device = "cpu", image_size: int | None = None) -> LoadedRender:
+    """Load R from a ``RenderModule`` checkpoint (``torch.load(weights_only=True)``).
+
+    Args:
+        path: the checkpoint (``configs/facedet3d_render.yaml`` runs write them).
+        image_size: render side (default: the training one; the networks are fully convolutional).
+
+    Raises:
+        facelab.errors.MissingAssetError: no such file. AssetFormatError: not a RenderModule checkpoint.
+    """
+    from facelab.errors import AssetFormatError
+    from facelab.io.weights import load_state_dict_strict, read_checkpoint
+
+    ckpt = read_checkpoint(path, what="FaceDet3D renderer checkpoint (configs/facedet3d_render.yaml)",
+                           config_key="--render")
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    if "network_config" not in hp:
+        raise AssetFormatError(f"{path} is not a FaceDet3D RenderModule checkpoint (no network_config in its "
+                               f"hyper-parameters): give --render a checkpoint of configs/facedet3d_render.yaml")
+    network = RenderingNetwork(**hp["network_config"])
+    state = {k[len("network."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("network.")}
+    load_state_dict_strict(network, state, path, hint="a FaceDet3D RenderModule checkpoint")
+    model = load_model("bfm", hp.get("model_path", "synthetic"))
+    size = int(image_size or hp.get("image_size", 256))
+    rasterizer = DetailRasterizer.from_model(model, image_size=size, detail_pool=int(hp.get("detail_pool", 1)),
+                                             displacement_scale=1e-3 / UNITS_TO_METRES[model.units])
+    return LoadedRender(network.to(device).eval(), rasterizer.to(device), model.to(device).eval(), size,
+                        int(hp.get("texture_size", 256)))

@@ -275,6 +275,10 @@ class RenderingNetwork(nn.Module):
         if branches not in ("double", "single", "ordinary"):
             raise ValueError(f"branches must be 'double', 'single' or 'ordinary', got {branches!r}")
         self.branches = branches
+        #: the constructor arguments (checkpoints keep them to rebuild the network, :func:`load_render`)
+        self.config = dict(features=int(features), ntex_channels=[int(c) for c in ntex_channels],
+                           tex2im_channels=[int(c) for c in tex2im_channels], branches=branches,
+                           low_res_factor=int(low_res_factor), num_action_units=int(num_action_units))
         self.ntex = self.g_theta = self.g_omega = None
         if branches != "ordinary":
             self.ntex = NeuralTexture(features, ntex_channels)

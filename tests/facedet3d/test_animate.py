@@ -1,0 +1,106 @@
+"""``facelab animate --method facedet3d``: from a prepared cache and tiny DetH / R checkpoints, every output of the
+issue per face and target (16-bit FDS PNG + float .npy detail map, OBJ with the detail applied, shading, render,
+views, grid); presets map to FACS AU vectors; a missing part or a bad target is a clear error before anything is
+written; no --rcan is a warning."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facedet3d.animate import add_arguments, run
+from facedet3d.data import SyntheticDetailDataset
+from facedet3d.module_deth import DetHModule
+from facedet3d.module_render import RenderModule
+from facedet3d.prepare import DetailCacheWriter
+from facedet3d.presets import EMOTION_PRESETS, parse_target, preset_vector
+from facedet3d.render_losses import ShadingPredictor
+from facedet3d.renderer import RenderingNetwork
+from facelab.data.wrinkles import AU_NAMES
+from facelab.nn import UNetDiscriminator
+
+SIZE = 32
+
+
+def _save(module, path):
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("anim")
+    torch.manual_seed(0)
+    render = RenderModule(network=RenderingNetwork(4, (4, 8), (4, 8)), image_size=SIZE, texture_size=SIZE,
+                          discriminator=UNetDiscriminator(3, (4, 8, 8), heads={"au": 17}),
+                          shading_predictor=ShadingPredictor(hidden=4))
+    _save(render, root / "render.ckpt")
+    deth = DetHModule(base_channels=8, max_channels=16)
+    _save(deth, root / "deth.ckpt")
+    face = SyntheticDetailDataset(num_samples=1, pairs=False, image_size=SIZE, texture_size=SIZE, map_size=64,
+                                  seed=2).__getitems__([0])[0]
+    cache = root / "cache"
+    DetailCacheWriter(cache).write_faces("synthetic/0.png", "synthetic/0.png", [(face, {"face": 0, "identity": ""})],
+                                         [])
+    return root, cache
+
+
+def _options(*argv):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = parser.parse_args(list(argv))
+    options.device = "cpu"
+    return options
+
+
+def test_animate_writes_every_output(setup, tmp_path, capsys):
+    root, cache = setup
+    out = tmp_path / "out"
+    code = run(_options("--deth", str(root / "deth.ckpt"), "--render", str(root / "render.ckpt"), "--input",
+                        str(cache), "--au", "happy", "--au", "AU04=0.9", "--views", "30", "--out", str(out),
+                        "--subdivisions", "0"))
+    assert code == 0
+    assert "`--rcan`" in capsys.readouterr().err  # maps stay at 256^2: a warning naming the option
+    for label in ("happy", "au_au04"):
+        stem = out / f"0_face0_{label}"
+        png = np.array(Image.open(f"{stem}_detail.png"))
+        npy = np.load(f"{stem}_detail.npy")
+        assert png.dtype == np.uint16 and npy.shape == png.shape == (64, 64)
+        np.testing.assert_allclose(png / 65535.0 * 2 - 1, np.clip(npy, -1, 1), atol=2e-5)  # the FDS encoding
+        obj = (stem.parent / f"{stem.name}_mesh.obj").read_text()
+        assert obj.count("\nv ") > 1000 and "\nvt " in obj and "/" in obj
+        for suffix in ("render", "shading", "yaw+30", "yaw+30_shading"):
+            assert Image.open(f"{stem}_{suffix}.png").size == (SIZE, SIZE)
+    grid = Image.open(out / "0_face0_grid.png")
+    assert grid.size[0] > 4 * SIZE and grid.size[1] > 3 * SIZE  # 4 columns, 3 rows (renders, shading, view)
+    assert not list(out.glob(".*partial"))
+
+
+def test_missing_parts_and_bad_targets_are_clear_errors(setup, tmp_path):
+    root, cache = setup
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="--deth"):
+        run(_options("--render", str(root / "render.ckpt"), "--input", str(cache), "--au", "happy", "--out",
+                     str(out)))
+    with pytest.raises(ValueError, match="--render"):
+        run(_options("--deth", str(root / "deth.ckpt"), "--input", str(cache), "--au", "happy", "--out", str(out)))
+    with pytest.raises(ValueError, match="unknown emotion preset|not a preset"):
+        run(_options("--deth", "x", "--render", "y", "--input", str(cache), "--au", "grumpy", "--out", str(out)))
+    assert not out.exists()
+
+
+def test_presets_follow_the_facs_prototypes():
+    assert set(EMOTION_PRESETS) == {"happy", "sad", "surprise", "fear", "anger", "disgust"}
+    happy = preset_vector("happy")
+    assert happy[AU_NAMES.index("AU12")] == 0.8 and happy[AU_NAMES.index("AU06")] == 0.8
+    assert happy[AU_NAMES.index("AU04")] == 0
+    assert preset_vector("anger")[AU_NAMES.index("AU04")] == 0.8
+    label, vec = parse_target(",".join(["0.5"] * 17))
+    assert torch.equal(vec, torch.full((17,), 0.5)) and label.startswith("au_")
+    with pytest.raises(ValueError, match="outside"):
+        parse_target("AU12=1.5")
+    with pytest.raises(ValueError, match="unknown action unit"):
+        parse_target("AU99=0.5")
