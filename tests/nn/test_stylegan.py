@@ -9,7 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facelab.nn import MinibatchStdDev, ModulatedConv2d, NoiseInjection, minibatch_stddev, modulated_conv2d
+from facelab.nn import (
+    MinibatchStdDev,
+    ModulatedConv2d,
+    NoiseInjection,
+    minibatch_stddev,
+    modulated_conv2d,
+    modulated_conv2d_reference,
+)
 
 
 def reference_modulated_conv(x, weight, styles, demodulate, upsample=False):
@@ -26,19 +33,23 @@ def reference_modulated_conv(x, weight, styles, demodulate, upsample=False):
     return torch.cat(outs)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize(("demodulate", "upsample", "k"), [(True, False, 3), (False, False, 1), (True, True, 3)])
-def test_grouped_modulated_conv_matches_the_per_sample_reference(demodulate, upsample, k):
+def test_grouped_modulated_conv_matches_the_per_sample_reference(demodulate, upsample, k, fused):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 6, 6, generator=gen)
     weight, styles = torch.randn(5, 4, k, k, generator=gen), torch.randn(3, 4, generator=gen)
-    out = modulated_conv2d(x, weight, styles, demodulate=demodulate, upsample=upsample)
-    torch.testing.assert_close(out, reference_modulated_conv(x, weight, styles, demodulate, upsample))
+    out = modulated_conv2d(x, weight, styles, demodulate=demodulate, upsample=upsample, fused=fused)
+    expected = reference_modulated_conv(x, weight, styles, demodulate, upsample)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(modulated_conv2d_reference(x, weight, styles, demodulate, upsample=upsample), expected)
     assert out.shape == (3, 5, 12 if upsample else 6, 12 if upsample else 6)
 
 
-def test_demodulation_gives_unit_output_std_whatever_the_style():
+@pytest.mark.parametrize("fused", [True, False])
+def test_demodulation_gives_unit_output_std_whatever_the_style(fused):
     torch.manual_seed(0)
-    conv = ModulatedConv2d(64, 32, 3, style_dim=16)
+    conv = ModulatedConv2d(64, 32, 3, style_dim=16, fused=fused)
     x = torch.randn(4, 64, 16, 16)
     with torch.no_grad():
         conv.affine.weight.mul_(20)  # styles far from 1: s ~ N(1, 20^2 / 16)
