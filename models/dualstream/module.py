@@ -125,6 +125,7 @@ class TextureModule(LightningModule):
             from ``geometry_args``).
         geometry_args: keyword arguments of that geometry stream (must match the geometry stage's).
         model_path: the BFM asset (albedo basis and UV layout of ``albedo_input: geometry`` and of stage 3).
+        image_size: side of the input crops (checked against the batches; stage 3 and inference read it).
         uv_size: side of the maps.
         log_images_every_n_steps, max_logged_images: TensorBoard image grids (rank 0).
     """
@@ -151,6 +152,7 @@ class TextureModule(LightningModule):
         geometry: nn.Module | None = None,
         geometry_args: dict | None = None,
         model_path: str = "synthetic",
+        image_size: int = 256,
         uv_size: int = 256,
         log_images_every_n_steps: int = 500,
         max_logged_images: int = 8,
@@ -158,6 +160,7 @@ class TextureModule(LightningModule):
         super().__init__()
         if isinstance(loss_weights, dict):
             loss_weights = TextureLossWeights(**loss_weights)
+        self.image_size = int(image_size)
         if albedo_input not in ("data", "geometry"):
             raise ValueError(f"albedo_input must be 'data' or 'geometry', got {albedo_input!r}")
         self.automatic_optimization = False
@@ -217,6 +220,9 @@ class TextureModule(LightningModule):
 
     def _check_batch(self, batch: TextureBatch) -> None:
         s = batch.texture.shape[-1]
+        if batch.image.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"TextureModule was built for {self.image_size}x{self.image_size} images "
+                             f"(model.init_args.image_size) but the batch has {tuple(batch.image.shape[-2:])}")
         if batch.albedo_map.shape != batch.texture.shape or batch.texture_mask.shape[-2:] != batch.texture.shape[-2:]:
             raise ValueError(f"FTD batch: albedo map {tuple(batch.albedo_map.shape)}, texture "
                              f"{tuple(batch.texture.shape)} and mask {tuple(batch.texture_mask.shape)} must share "

@@ -196,8 +196,8 @@ class _StyleHead(nn.Module):
         self.act_image = nn.Sequential(nn.Conv2d(image_channels, hidden_channels, 3, padding=1), nn.ReLU())
         self.gamma = nn.Conv2d(hidden_channels, albedo_channels, 3, padding=1)
         self.beta = nn.Conv2d(hidden_channels, albedo_channels, 3, padding=1)
-        for conv in (self.gamma, self.beta):  # start at plain instance norm: (1 + 0) IN(x) + 0
-            nn.init.zeros_(conv.weight)
+        for conv in (self.gamma, self.beta):  # start near plain instance norm, (1 + ~0) IN(x) + ~0 (not exactly 0:
+            nn.init.normal_(conv.weight, std=1e-3)  # the image branch must receive gradients from the first step)
             nn.init.zeros_(conv.bias)
 
     def activations(self, x_u: Tensor, x_o: Tensor) -> tuple[Tensor, Tensor]:
@@ -282,7 +282,7 @@ class TextureGenerator(nn.Module):
     (``d_l = up_l(d_{l+1} + e_l)``-style, channels mirrored, no concatenation). The outermost skip (layer 0, the
     input map itself, to layer ``h``) makes the output ``I_ua + 0.5 tanh(.)`` clamped to [0, 1] with
     ``input_skip`` (the generator predicts the correction to the linear albedo). An image encoder with the same
-    widths gives the image features ``X_o`` per level; SSRPM runs on the features of level ``region_level``
+    widths gives the image features ``X_o`` per level (down to the deepest level SSRPM or SRSM reads); SSRPM runs on the features of level ``region_level``
     (``X_o`` and the albedo encoder's ``X_u``); SRSM (or :class:`GlobalAdaIN` with ``stylization="adain"``)
     modulates the decoder features at ``stylize_levels`` with the regions resized to each level.
 
@@ -321,7 +321,8 @@ class TextureGenerator(nn.Module):
         self.stylization, self.input_skip = stylization, bool(input_skip)
         widths = [3, *channels]
         self.albedo_encoder = nn.ModuleList(_Down(widths[i], widths[i + 1], norm=i > 0) for i in range(depth))
-        self.image_encoder = nn.ModuleList(_Down(widths[i], widths[i + 1], norm=i > 0) for i in range(depth))
+        image_depth = max(self.region_level, *self.stylize_levels)  # deeper image features would be unused
+        self.image_encoder = nn.ModuleList(_Down(widths[i], widths[i + 1], norm=i > 0) for i in range(image_depth))
         # decoder level l (1..D) maps width channels[l-1] at S/2^l to channels[l-2] at S/2^(l-1)
         self.decoder = nn.ModuleList(_Up(channels[lv - 1], channels[lv - 2] if lv > 1 else channels[0])
                                      for lv in range(1, depth + 1))

@@ -206,7 +206,7 @@ def _read_png(path: Path, what: str) -> np.ndarray:
 
 
 def _to_tensor(array: np.ndarray) -> Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(array)).float() / 255.0
+    x = torch.from_numpy(np.array(array, copy=True)).float() / 255.0
     return x[None] if x.dim() == 2 else x.permute(2, 0, 1)[:3]
 
 
