@@ -282,9 +282,10 @@ class TextureGenerator(nn.Module):
     (``d_l = up_l(d_{l+1} + e_l)``-style, channels mirrored, no concatenation). The outermost skip (layer 0, the
     input map itself, to layer ``h``) makes the output ``I_ua + 0.5 tanh(.)`` clamped to [0, 1] with
     ``input_skip`` (the generator predicts the correction to the linear albedo). An image encoder with the same
-    widths gives the image features ``X_o`` per level (down to the deepest level SSRPM or SRSM reads); SSRPM runs on the features of level ``region_level``
-    (``X_o`` and the albedo encoder's ``X_u``); SRSM (or :class:`GlobalAdaIN` with ``stylization="adain"``)
-    modulates the decoder features at ``stylize_levels`` with the regions resized to each level.
+    widths gives the image features ``X_o`` per level (down to the deepest level SSRPM or SRSM reads); SSRPM
+    runs on the features of level ``region_level`` (``X_o`` and the albedo encoder's ``X_u``); SRSM (or
+    :class:`GlobalAdaIN` with ``stylization="adain"``) modulates the decoder features at ``stylize_levels``
+    with the regions resized to each level.
 
     Args:
         channels: encoder widths per level (the decoder mirrors them).
