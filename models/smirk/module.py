@@ -116,6 +116,21 @@ class SmirkLossWeights:
     cycle: float = 1.0
     structural_identity: float = 1.0
 
+    #: The terms each phase computes; a non-zero weight on any other term is a configuration error (issue 9: keys
+    #: that nothing reads must not look as if they ran).
+    PHASE_TERMS = {
+        "pretrain": ("landmark_mp", "landmark_fan", "landmark_aligned", "expression_reg", "jaw_reg", "shape_teacher"),
+        "core": ("landmark_mp", "landmark_fan", "landmark_aligned", "expression_reg", "jaw_reg", "reconstruction",
+                 "perceptual", "emotion", "cycle", "structural_identity"),
+    }
+
+    def check_phase(self, phase: str) -> None:
+        """Raise ``ValueError`` naming the non-zero weights ``phase`` never reads (set them to 0 or remove them)."""
+        unread = [f"{k}={v:g}" for k, v in asdict(self).items() if v and k not in self.PHASE_TERMS[phase]]
+        if unread:
+            raise ValueError(f"model.init_args.loss_weights: the {phase} phase computes no {', '.join(unread)} term "
+                             f"(it reads {', '.join(self.PHASE_TERMS[phase])}); set them to 0 or remove them")
+
     @classmethod
     def for_phase(cls, phase: str) -> SmirkLossWeights:
         """The reference weights of ``"pretrain"`` or ``"core"``."""
@@ -169,7 +184,11 @@ class SmirkModule(LightningModule):
         n_expression: FLAME expression components (50).
         image_size: side of the square input crops (224).
         pretrain_ckpt: core phase: checkpoint of the pretraining phase whose pose/shape/expression encoders are
-            loaded; None starts them from their initialization (a WARNING).
+            loaded; None starts them from their initialization (a WARNING) and, unless ``train_pose_shape`` says
+            otherwise, trains the pose and shape encoders in the core phase too (from the landmark terms), so that
+            ``lightning-cli fit --config configs/smirk.yaml`` alone still learns a usable model.
+        train_pose_shape: core phase: also train the pose/shape encoders (the paper freezes them after
+            pretraining). None: only when ``pretrain_ckpt`` is None.
         pose_backbone_weights, shape_backbone_weights, expression_backbone_weights: local ImageNet timm weights of
             the MobileNetV3 backbones when ``encoder`` is None (None: random initialization, logged).
         vgg_weights: torchvision VGG16 state dict for the perceptual loss (or inject ``perceptual_loss``); without
@@ -212,6 +231,7 @@ class SmirkModule(LightningModule):
         n_expression: int = 50,
         image_size: int = 224,
         pretrain_ckpt: str | None = None,
+        train_pose_shape: bool | None = None,
         pose_backbone_weights: str | None = None,
         shape_backbone_weights: str | None = None,
         expression_backbone_weights: str | None = None,
@@ -239,6 +259,7 @@ class SmirkModule(LightningModule):
         self.automatic_optimization = False
         self.phase, self.image_size = phase, int(image_size)
         requested = loss_weights if loss_weights is not None else SmirkLossWeights.for_phase(phase)
+        requested.check_phase(phase)
         self.weights = SmirkLossWeights(**asdict(requested))  # effective: terms without weights files set to 0
         self.lr = lr if lr is not None else (1e-3 if phase == "core" else 5e-4)
         self.encoder_lr_factor, self.generator_betas = encoder_lr_factor, tuple(generator_betas)
@@ -256,9 +277,12 @@ class SmirkModule(LightningModule):
         self.encoder = self._build_encoder(encoder, n_shape, n_expression, pose_backbone_weights,
                                            shape_backbone_weights, expression_backbone_weights)
         self.generator = None
+        self.train_pose_shape = phase == "core" and (pretrain_ckpt is None if train_pose_shape is None
+                                                     else bool(train_pose_shape))
         if phase == "core":
             self._load_pretrained(pretrain_ckpt)
-            freeze(self.encoder.pose_encoder, self.encoder.shape_encoder)  # kept in eval mode by train()
+            if not self.train_pose_shape:  # the paper's recipe: frozen after pretraining, kept in eval mode by train()
+                freeze(self.encoder.pose_encoder, self.encoder.shape_encoder)
             self.generator = generator if generator is not None else SmirkGenerator()
         elif generator is not None or pretrain_ckpt is not None:
             log.warning("phase='pretrain' trains no generator and loads no pretraining checkpoint: `generator` / "
@@ -281,6 +305,7 @@ class SmirkModule(LightningModule):
         self.cycle_groups = self._cycle_groups(tuple(cycle_groups), templates_path, flame_path, n_expression)
         self._expression_error = ExpressionVertexError(self.flame, flame_path)  # validation, synthetic truth
         self._batches_seen = 0
+        self._warned_no_fan = False
 
         self.save_hyperparameters(ignore=["encoder", "generator", "masker", "perceptual_loss", "emotion_loss",
                                           "cycle_loss", "loss_weights"])
@@ -302,10 +327,14 @@ class SmirkModule(LightningModule):
 
     def _load_pretrained(self, pretrain_ckpt: str | None) -> None:
         if pretrain_ckpt is None:
+            consequence = ("the pose/shape encoders are trained in the core phase too, from the landmark terms only "
+                           "(no shape teacher; the paper freezes them after a pretraining phase)"
+                           if self.train_pose_shape else "and train_pose_shape is false: the pose/shape encoders "
+                           "stay FROZEN AT THEIR RANDOM INITIALIZATION")
             warn_missing_weights("model.init_args.pretrain_ckpt", "the SMIRK pretraining checkpoint (pose, shape and "
-                                 "expression encoders)", "the core phase starts the encoders from their "
-                                 "initialization, and the frozen pose/shape encoders stay untrained (run "
-                                 "configs/smirk_pretrain.yaml first)", logger=__name__)
+                                 "expression encoders)", f"the core phase starts the encoders from their "
+                                 f"initialization; {consequence}. Run configs/smirk_pretrain.yaml first (or `make "
+                                 f"fit`) for the paper's recipe", logger=__name__)
             return
         load_encoder_checkpoint(self.encoder, pretrain_ckpt)
         log.info("SMIRK core phase: encoders loaded from %s", pretrain_ckpt)
@@ -361,7 +390,8 @@ class SmirkModule(LightningModule):
         if self.phase == "pretrain":
             groups = [(self.encoder.parameters(), self.lr, (0.9, 0.999))]
         else:
-            groups = [(self.encoder.expression_encoder.parameters(), self.encoder_lr_factor * self.lr, (0.9, 0.999)),
+            encoders = (self.encoder if self.train_pose_shape else self.encoder.expression_encoder).parameters()
+            groups = [(encoders, self.encoder_lr_factor * self.lr, (0.9, 0.999)),
                       (self.generator.parameters(), self.lr, self.generator_betas)]
         optimizers = [torch.optim.Adam([p for p in params if p.requires_grad], lr=lr, betas=betas)
                       for params, lr, betas in groups]
@@ -405,9 +435,16 @@ class SmirkModule(LightningModule):
                             eyelids=enc.eyelids.detach())
             mesh = self.flame(rigid.flame_params())
         losses = {"landmark_mp": landmark_loss(camera.project(mesh.landmarks_mp), batch.landmarks_mp)}
-        if batch.landmarks_fan is not None and self.weights.landmark_fan:
+        has_fan = batch.landmarks_fan is not None and (batch.fan_valid is None or bool(batch.fan_valid.any()))
+        if has_fan and self.weights.landmark_fan:
             losses["landmark_fan"] = fan_contour_landmark_loss(camera.project(mesh.landmarks68), batch.landmarks_fan,
                                                                batch.fan_valid)
+        elif self.weights.landmark_fan and not self._warned_no_fan:
+            self._warned_no_fan = True
+            rank_zero_warn(f"SMIRK: loss_weights.landmark_fan is {self.weights.landmark_fan:g} but the batches carry "
+                           "no FAN contour landmarks (the cache was built without them, or the data has none): the "
+                           "jaw-contour term is skipped. Build the cache with FAN landmarks (`facelab preprocess "
+                           "--fan-checkpoint FAN.pt`) or set model.init_args.loss_weights.landmark_fan: 0")
         if self.weights.landmark_aligned:
             losses["landmark_aligned"] = aligned
         losses["expression_reg"] = expression_regularization(enc.expression)

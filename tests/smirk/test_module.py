@@ -104,7 +104,7 @@ def test_phase_trains_with_finite_losses_and_logs(phase, batches, tmp_path):
 
 
 def test_core_alternates_networks_and_keeps_pose_shape_frozen(batches, tmp_path):
-    module = make_module("core")
+    module = make_module("core", train_pose_shape=False)
     frozen = {k: v.clone() for k, v in module.encoder.state_dict().items()
               if k.startswith(("pose_encoder.", "shape_encoder."))}
     recorder = GradientRecorder()
@@ -278,3 +278,47 @@ def test_aligned_landmarks_split_rigid_and_non_rigid_learning(batches):
         if aligned:
             exp_grad, pose_grad = torch.autograd.grad(losses["landmark_aligned"], heads, allow_unused=True)
             assert pose_grad is None and float(exp_grad.abs().sum()) > 0
+
+
+def test_weights_a_phase_never_reads_are_errors():
+    with pytest.raises(ValueError, match=r"pretrain phase computes no reconstruction=10, perceptual=10"):
+        SmirkLossWeights().check_phase("pretrain")
+    with pytest.raises(ValueError, match=r"core phase computes no shape_teacher=10"):
+        SmirkLossWeights.for_phase("pretrain").check_phase("core")
+    SmirkLossWeights.for_phase("pretrain").check_phase("pretrain")
+    SmirkLossWeights.for_phase("core").check_phase("core")
+    with pytest.raises(ValueError, match="loss_weights: the pretrain phase computes no cycle=1"):
+        make_module("pretrain", loss_weights=replace(SmirkLossWeights.for_phase("pretrain"), cycle=1.0))
+
+
+def test_a_fan_term_without_fan_landmarks_warns_once(batches):
+    """Real caches without FAN landmarks (``fan_valid`` all False) skip the contour term with a warning, once."""
+    batch = as_smirk_batch(batches[0])
+    batch = replace(batch, fan_valid=torch.zeros(batch.batch_size, dtype=torch.bool))
+    module = make_module("pretrain")
+    enc = module.encoder(batch.image)
+    with pytest.warns(UserWarning, match="landmark_fan is 100 but the batches carry no FAN contour landmarks"):
+        losses = module._landmark_losses(enc, module.flame(enc.flame_params()), batch)
+    assert "landmark_fan" not in losses
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module._landmark_losses(enc, module.flame(enc.flame_params()), batch)  # said once
+    assert "landmark_fan" in module._landmark_losses(enc, module.flame(enc.flame_params()), as_smirk_batch(batches[0]))
+
+
+def test_core_without_pretraining_trains_pose_and_shape_and_says_so(batches, tmp_path, capsys):
+    """The headline ``lightning-cli fit --config configs/smirk.yaml`` on a fresh machine (no pretraining checkpoint)
+    must not freeze random encoders: it trains them too, with a console WARNING naming the key (issue 9)."""
+    module = make_module("core")
+    err = capsys.readouterr().err
+    assert "model.init_args.pretrain_ckpt" in err and "pose/shape encoders are trained in the core phase too" in err
+    assert module.train_pose_shape
+    before = {k: v.clone() for k, v in module.encoder.pose_encoder.state_dict().items() if v.is_floating_point()}
+    fit(module, batches, tmp_path, val=False, max_steps=4)
+    after = module.encoder.pose_encoder.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in before.items())
+    frozen = make_module("core", train_pose_shape=False)
+    assert "FROZEN AT THEIR RANDOM INITIALIZATION" in capsys.readouterr().err
+    assert not any(p.requires_grad for p in frozen.encoder.pose_encoder.parameters())
