@@ -147,6 +147,7 @@ class FaceTopology:
         faces: (F, 3) long. uv: (T, 2) in [0, 1], v up. faces_uv: (F, 3) long. keypoints: (68,) long vertex ids.
         mean_shape: (V, 3) the model's mean shape (model frame, +x to the face's left, +y up; for mirror pairs).
         zero_faces: (F_0,) long faces weighted 0 by the UV weight mask (a neck region; may be empty).
+        num_albedo: albedo coefficients of the model (the PSN's albedo output).
     """
 
     faces: Tensor
@@ -155,6 +156,7 @@ class FaceTopology:
     keypoints: Tensor
     mean_shape: Tensor
     zero_faces: Tensor
+    num_albedo: int = 0
 
     @property
     def num_verts(self) -> int:
@@ -182,14 +184,16 @@ def load_topology(model_path: str = "synthetic", uv_path: str | None = None) -> 
         bfm = read_face3d_bfm(model_path)
         uv, faces_uv = _face3d_uv(bfm, model_path, uv_path)
         return FaceTopology(faces=bfm.faces, uv=uv, faces_uv=faces_uv, keypoints=bfm.keypoints,
-                            mean_shape=bfm.shape_mu.view(-1, 3), zero_faces=torch.zeros(0, dtype=torch.long))
+                            mean_shape=bfm.shape_mu.view(-1, 3), zero_faces=torch.zeros(0, dtype=torch.long),
+                            num_albedo=bfm.tex_pc.shape[1])
     model = load_model("bfm", model_path, **({"uv_path": uv_path} if uv_path else {}))
     if not model.has_uv:
         raise MissingAssetError(f"{model_path}: the BFM has no UV layout; give `uv_path` ({BFM_UV_SOURCE})")
     zero = [model.region_faces(r) for r in ("neck",) if r in model.regions]
     return FaceTopology(faces=model.faces, uv=model.uv, faces_uv=model.faces_uv, keypoints=model.keypoints,
                         mean_shape=model.mean_shape.view(-1, 3),
-                        zero_faces=torch.cat(zero) if zero else torch.zeros(0, dtype=torch.long))
+                        zero_faces=torch.cat(zero) if zero else torch.zeros(0, dtype=torch.long),
+                        num_albedo=model.num_albedo)
 
 
 # ---------------------------------------------------------------------------------------------------- synthetic
@@ -521,7 +525,7 @@ class Lp300wDataset(Dataset):
         self.bfm = read_face3d_bfm(bfm_path)
         uv, faces_uv = _face3d_uv(self.bfm, bfm_path, uv_path)
         topo = FaceTopology(self.bfm.faces, uv, faces_uv, self.bfm.keypoints, self.bfm.shape_mu.view(-1, 3),
-                            torch.zeros(0, dtype=torch.long))
+                            torch.zeros(0, dtype=torch.long), self.bfm.tex_pc.shape[1])
         self.topology = topo
         self.codec = topo.codec(uv_size, image_size)
         self.weight_mask = topo.weight_mask(uv_size)[0]
