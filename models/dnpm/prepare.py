@@ -1,0 +1,131 @@
+"""``facelab prepare --method dnpm --input FACESCAPE_DIR --out CACHE [--resolution 256]``: FaceScape displacement
+maps into a float cache for DNPM / Detailed3DMM training (:class:`dnpm.data.DisplacementDataModule`,
+``source: facescape``).
+
+For every ``<subject>/dpmap/<k>_<expression>.png`` (layout: :mod:`dnpm.data`): check that it is a 4096^2
+single-channel 16-bit PNG, convert to millimetres, crop FaceScape's face box, area-average to ``--resolution`` and
+store it as a float16 or float32 ``.npy``, with the subject's identity (50) and the map's expression (52) vectors in
+the index. The run is resumable (finished and skipped maps are not redone; files are written atomically), never
+writes inside the input, never stops on a bad file: every skipped file is listed with its reason in
+``CACHE/report.json`` and summarised at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dnpm.data import (
+    FACESCAPE,
+    NUM_EXPRESSION,
+    NUM_IDENTITY,
+    DisplacementCacheWriter,
+    FaceScapeFormat,
+    FaceScapeItem,
+    load_facescape_map,
+    read_vector,
+    scan_facescape,
+)
+from facelab.cli.preprocess import check_output_location
+from facelab.data.detail_maps import MAX_RESOLUTION, MIN_RESOLUTION
+from facelab.data.image_io import DataError
+
+__all__ = ["add_arguments", "prepare_facescape", "run"]
+
+HELP = "FaceScape displacement maps (16-bit PNG) -> a float cache of training-resolution maps with their vectors"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``facelab prepare --method dnpm``."""
+    parser.add_argument("--input", required=True, metavar="FACESCAPE_DIR",
+                        help="folder of <subject>/dpmap/<k>_<expression>.png (+ <subject>/params/id.npy and "
+                             "<subject>/params/<k>_<expression>.npy)")
+    parser.add_argument("--out", required=True, metavar="CACHE", help="cache directory (created; outside --input)")
+    parser.add_argument("--resolution", type=int, default=256, help="map side of the cache (32..1024; DNPM: 1024)")
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float32",
+                        help="storage precision of the maps (float16: 11-bit mantissa, ~1e-4 mm at 1 mm)")
+    parser.add_argument("--no-params", action="store_true",
+                        help="keep maps without identity/expression vectors (GAN training only)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _settings(resolution: int, dtype: str, fmt: FaceScapeFormat) -> dict:
+    return {"resolution": int(resolution), "dtype": dtype, "source_size": fmt.size, "crop_x0_y0_x1_y1": list(fmt.crop),
+            "neutral": fmt.neutral, "mm_at_full_scale": fmt.mm_at_full_scale, "units": "mm"}
+
+
+def _process(item: FaceScapeItem, writer: DisplacementCacheWriter, resolution: int, dtype: str,
+             fmt: FaceScapeFormat, need_params: bool) -> None:
+    identity = expression = None
+    try:
+        mm = load_facescape_map(item.png, resolution, fmt).numpy()  # the map's own problems are reported first
+        if not np.isfinite(mm).all():
+            raise DataError("non_finite", "non-finite values after resizing", item.png)
+        try:
+            identity = read_vector(item.identity_path, NUM_IDENTITY, "identity vector")
+            expression = read_vector(item.expression_path, NUM_EXPRESSION, "expression vector")
+        except DataError as err:
+            if need_params or err.reason != "missing_params":
+                raise
+            identity = expression = None
+    except DataError as err:
+        writer.skip_item(item.key, str(item.png), -1, err.reason, str(err))
+        return
+    except Exception as err:  # one bad file must never stop a long run; it is reported
+        writer.skip_item(item.key, str(item.png), -1, "error", f"{type(err).__name__}: {err}")
+        return
+    writer.write_map(item, mm.astype(dtype), identity, expression)
+
+
+def prepare_facescape(input_dir: str | Path, out: str | Path, resolution: int = 256, dtype: str = "float32",
+                      fmt: FaceScapeFormat = FACESCAPE, need_params: bool = True, progress: bool = True) -> dict:
+    """Build (or resume) a displacement cache; returns the report written to ``out/report.json``.
+
+    Args:
+        input_dir: the FaceScape folder (see :mod:`dnpm.data`).
+        out: the cache directory.
+        resolution: map side (32..1024).
+        dtype: ``float16`` | ``float32``.
+        fmt: the PNG format (FaceScape's by default).
+        need_params: skip maps without identity / expression vectors (``missing_params``).
+        progress: a tqdm bar on stderr.
+
+    Raises:
+        ValueError: bad settings, ``out`` inside the input, or a cache made with other settings.
+        DisplacementFormatError: the input holds no FaceScape maps.
+    """
+    from tqdm import tqdm
+
+    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+        raise ValueError(f"--resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {resolution}")
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"--dtype must be float16 or float32, got {dtype}")
+    out_path = check_output_location([input_dir], out)
+    items = scan_facescape(input_dir)
+    writer = DisplacementCacheWriter(out_path, _settings(resolution, dtype, fmt))
+    todo = [i for i in items if not writer.is_done(i.key)]
+    start = time.perf_counter()
+    for item in tqdm(todo, disable=not progress, unit="map", desc="prepare dnpm", dynamic_ncols=True):
+        _process(item, writer, resolution, dtype, fmt, need_params)
+    return writer.write_report(
+        input=str(Path(input_dir).expanduser().resolve()), settings=_settings(resolution, dtype, fmt),
+        last_run={"seconds": round(time.perf_counter() - start, 3), "new_items": len(todo),
+                  "already_done": len(items) - len(todo)})
+
+
+def run(options: argparse.Namespace) -> int:
+    """``facelab prepare --method dnpm`` (``options`` from :func:`add_arguments`)."""
+    report = prepare_facescape(options.input, options.out, options.resolution, options.dtype,
+                               need_params=not options.no_params, progress=not options.no_progress)
+    last = report["last_run"]
+    print(f"prepare dnpm: {report['maps']} map(s) of {report['subjects']} subject(s), {report['items_skipped']} "
+          f"skipped; this run: {last['new_items']} new file(s) in {last['seconds']:.1f} s, {last['already_done']} "
+          "already done", file=sys.stderr)
+    for reason, count in report["skipped_by_reason"].items():
+        print(f"  skipped {count:5d} x {reason}", file=sys.stderr)
+    print(f"cache: {options.out}  (details: {Path(options.out) / 'report.json'})", file=sys.stderr)
+    return 0
