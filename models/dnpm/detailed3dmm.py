@@ -55,6 +55,7 @@ __all__ = [
     "build_encoder",
     "check_latents",
     "colorize_displacement",
+    "map_lpips",
     "expression_vector",
     "render_meshes",
     "style_split",
@@ -355,3 +356,19 @@ def colorize_displacement(maps: Tensor, value_range: float | None = None) -> Ten
     green = 1 - pos - neg
     blue = 1 - pos
     return torch.cat([red, green, blue], dim=1).clamp(0, 1)
+
+
+#: LPIPS' AlexNet needs inputs of at least this side (its pooling stack); smaller maps are upsampled bilinearly.
+LPIPS_MIN_SIDE = 64
+
+
+def map_lpips(lpips: nn.Module, pred: Tensor, target: Tensor) -> Tensor:
+    """LPIPS (Eq. 6) between (B, 1, S, S) signed maps: both scaled by the target's largest ``|value|`` per sample
+    into [-1, 1] (LPIPS' input range) and, below ``LPIPS_MIN_SIDE``, upsampled bilinearly."""
+    span = target.detach().abs().flatten(1).amax(1).clamp_min(1e-6)[:, None, None, None]
+    pred, target = pred / span, target / span
+    if pred.shape[-1] < LPIPS_MIN_SIDE:
+        size = (LPIPS_MIN_SIDE, LPIPS_MIN_SIDE)
+        pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
+        target = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
+    return lpips(pred, target)

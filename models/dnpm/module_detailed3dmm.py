@@ -33,6 +33,7 @@ from dnpm.detailed3dmm import (
     Detailed3DMM,
     EncoderInput,
     colorize_displacement,
+    map_lpips,
 )
 from dnpm.module import maps_of_batch
 from facelab.errors import AssetFormatError
@@ -203,8 +204,7 @@ class Detailed3DMMModule(LightningModule):
         pred = self.model.generate(self.model.latents(identity, expression))
         losses = {"pixel": (pred - target).abs().mean()}  # Eq. 5
         if self.lpips is not None:
-            span = target.detach().abs().amax().clamp_min(1e-6)  # LPIPS wants [-1, 1]: one scale for both
-            losses["lpips"] = self.lpips(pred / span, target / span)  # Eq. 6
+            losses["lpips"] = map_lpips(self.lpips, pred, target)  # Eq. 6
         return losses, pred
 
     def training_step(self, batch, batch_idx: int) -> Tensor:

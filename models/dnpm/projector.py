@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dnpm.detailed3dmm import map_lpips
 from facelab.log import get_logger, warn_missing_weights
 from facelab.losses import LPIPS
 from facelab.metrics import psnr
@@ -129,7 +130,8 @@ def project(generator: nn.Module, target: Tensor, settings: ProjectorSettings | 
         generator: a :class:`facelab.nn.stylegan2.Generator` (its parameters are not changed).
         target: maps in the generator's units.
         settings: schedule and weights.
-        lpips: a (B, C, S, S) x 2 -> scalar perceptual distance on maps scaled to [-1, 1] (None: pixel loss only).
+        lpips: a perceptual distance module (:class:`facelab.losses.LPIPS`, signed input; applied through
+            :func:`dnpm.detailed3dmm.map_lpips`); None: pixel loss only.
         data_range: value span for the PSNR (2 for the FaceScape encoding's [-1, 1]).
         seed: the ws / noise initialisation seed.
     """
@@ -150,7 +152,6 @@ def project(generator: nn.Module, target: Tensor, settings: ProjectorSettings | 
         n.requires_grad_(s.optimize_noise)
     params = [ws] + (noise if s.optimize_noise else [])
     opt = torch.optim.Adam(params, lr=s.lr, betas=(0.9, 0.999))
-    span = target.abs().flatten(1).amax(1).clamp_min(1e-6)[:, None, None, None]  # LPIPS input in [-1, 1]
     pixel_scale = target.flatten(1).var(1).mean().clamp_min(1e-12)
     history: list[tuple[int, float]] = []
     for step in range(s.steps):
@@ -162,7 +163,7 @@ def project(generator: nn.Module, target: Tensor, settings: ProjectorSettings | 
         synth = generator.synthesis(ws_in, noise=noise if s.optimize_noise else None, noise_mode="const")
         loss = s.pixel_weight * (synth - target).square().mean() / pixel_scale
         if lpips is not None and s.lpips_weight:
-            loss = loss + s.lpips_weight * lpips(synth / span, target / span)
+            loss = loss + s.lpips_weight * map_lpips(lpips, synth, target)
         if s.optimize_noise and s.noise_weight:
             loss = loss + s.noise_weight * noise_regularization(noise)
         opt.zero_grad(set_to_none=True)
