@@ -35,6 +35,7 @@ from facelab.data.datasets import FaceCropSample
 from facelab.data.synthetic import SyntheticFaceBatch
 from facelab.errors import AssetFormatError
 from facelab.io.assets import require_file
+from facelab.metrics.identity import arcface_crop_batch
 from facelab.morphable.flame import resolve_flame_paths
 from facelab.morphable.flame_assets import FLAME_FILES
 
@@ -161,6 +162,30 @@ def flame_mediapipe_indices(flame_path: str | os.PathLike = "synthetic") -> Tens
     return _read_mediapipe_indices(str(path)).clone()
 
 
+#: mediapipe face-mesh ids of ArcFace's five points (image-left eye, image-right eye, nose tip, image-left and
+#: image-right mouth corners); eye centres are the eye-corner midpoints (present in the 468- and 478-point meshes;
+#: the refined iris points are not in every cache: the synthetic world's embedding has none).
+MP_FIVE_POINTS = ((33, 133), (362, 263), (1,), (61,), (291,))
+
+
+def mica_input(image: Tensor, landmarks_mp: Tensor, size: int = 112) -> Tensor:
+    """The MICA shape teacher's input: the ArcFace-aligned crop from five points of the mediapipe mesh, with
+    MICA's preprocessing (insightface ``blobFromImages(1/127.5, mean 127.5, RGB)``: ``2 x - 1`` for [0, 1] RGB).
+
+    Args:
+        image: (B, 3, H, W) RGB crops in [0, 1].
+        landmarks_mp: (B, 468 or 478, 2) mediapipe landmarks in normalized crop coordinates ([-1, 1], +y down).
+        size: MICA's input side (112).
+
+    Returns:
+        (B, 3, size, size) in [-1, 1] (zero-padded outside the crop, like ``norm_crop``).
+    """
+    five = torch.stack([landmarks_mp[:, list(ids)].mean(dim=1) for ids in MP_FIVE_POINTS], dim=1)  # (B, 5, 2)
+    h, w = image.shape[-2:]
+    five_px = (five + 1) / 2 * five.new_tensor([w, h]) - 0.5  # pixel centres at integer coordinates
+    return arcface_crop_batch(image, five_px, size) * 2 - 1
+
+
 def _from_face_crops(batch: FaceCropSample, mediapipe_indices: Tensor | None) -> SmirkBatch:
     """Real crops of a ``facelab preprocess`` cache: 478 -> 105 mediapipe points, +y down -> NDC +y up."""
     if batch.image.dim() != 4:
@@ -182,7 +207,7 @@ def _from_face_crops(batch: FaceCropSample, mediapipe_indices: Tensor | None) ->
     if bool(batch.has_fan.any()):
         fan, fan_valid = batch.landmarks_fan * flip, batch.has_fan.bool()
     return SmirkBatch(image=batch.image, landmarks_mp=lmk.index_select(1, indices) * flip, landmarks_fan=fan,
-                      fan_valid=fan_valid, hull_mask=batch.mask.float())
+                      fan_valid=fan_valid, hull_mask=batch.mask.float(), mica_image=mica_input(batch.image, lmk))
 
 
 def as_smirk_batch(batch: SmirkBatch | SyntheticFaceBatch | FaceCropSample, mediapipe_indices: Tensor | None = None
@@ -195,7 +220,7 @@ def as_smirk_batch(batch: SmirkBatch | SyntheticFaceBatch | FaceCropSample, medi
       :class:`~facelab.data.datasets.CachedFaceDataModule`): the image; the 105 of its (B, 478, 2) mediapipe
       landmarks that ``mediapipe_indices`` name, flipped to NDC +y up; its FAN 68 landmarks (flipped) with
       ``fan_valid = has_fan`` when any sample has them, else None (the FAN loss is skipped); its convex-hull mask
-      as ``hull_mask``; no ground truth.
+      as ``hull_mask``; the MICA teacher's ArcFace-aligned 112x112 input (:func:`mica_input`); no ground truth.
 
     Args:
         batch: the batch.

@@ -74,7 +74,7 @@ def test_cached_crops_become_smirk_batches_in_ndc(synthetic_cache, synthetic_tru
     truth = synthetic_truth
     order = raw.index  # the sampler shuffles; sources sort as render_0 .. render_3
     torch.testing.assert_close(batch.landmarks_mp, truth.landmarks_mp_ndc[order], atol=1e-4, rtol=0)
-    assert batch.ground_truth is None and batch.mica_image is None
+    assert batch.ground_truth is None and batch.mica_image.shape == (N, 3, 112, 112)
     assert torch.equal(batch.fan_valid, order % 2 == 0)
     valid = batch.fan_valid
     torch.testing.assert_close(batch.landmarks_fan[valid], truth.landmarks68_ndc[order][valid], atol=1e-4, rtol=0)
@@ -139,3 +139,24 @@ def test_real_photo_landmarks_are_ndc_y_up(photo_cache):
     x = batch.landmarks_mp[0, :, 0]
     assert x[position[33]] < x[position[263]]  # subject's right eye corner on the image's left
     assert batch.hull_mask.mean() > 0.2 and batch.landmarks_mp.abs().max() < 1
+
+
+def test_mica_input_is_the_arcface_aligned_crop(synthetic_cache):
+    """Real crops carry MICA's input: the ArcFace-aligned 112x112 crop from mediapipe's five points, in [-1, 1]
+    (issue 9: nothing filled ``mica_image`` before)."""
+    import numpy as np
+
+    from facelab.metrics.identity import ARCFACE_TEMPLATE, arcface_transform
+    from smirk.data import MP_FIVE_POINTS, mica_input
+
+    raw = next(iter(datamodule(synthetic_cache).train_dataloader()))
+    crop = mica_input(raw.image, raw.landmarks_mp)
+    assert crop.shape == (N, 3, 112, 112) and crop.min() >= -1 and crop.max() <= 1
+    assert torch.equal(crop, as_smirk_batch(raw).mica_image)
+    five = torch.stack([raw.landmarks_mp[0, list(ids)].mean(0) for ids in MP_FIVE_POINTS])
+    five_px = ((five + 1) / 2 * SIZE - 0.5).numpy()
+    m = arcface_transform(five_px, 112)
+    mapped = five_px @ m[:, :2].T + m[:, 2]
+    assert np.abs(mapped - ARCFACE_TEMPLATE).mean() < 6  # a similarity fit of a face's points onto the template
+    # the crop shows the face: its centre is brighter than the zero padding of a crop far off the face
+    assert crop[:, :, 40:72, 40:72].mean() > -0.9
