@@ -349,11 +349,12 @@ def read_expression_fits(source: str | os.PathLike) -> ExpressionTemplates:
     """Templates from a folder of expression fits: every ``*.npy`` / ``*.npz`` below ``source`` is one class's rows.
 
     The class is the file's stem, so per-subject layouts (``fits/subject_01/jaw.npy``, ``fits/subject_02/jaw.npy``)
-    pool their rows. A ``.npy`` holds ``(K, E)`` or ``(E,)`` expressions; a ``.npz`` holds ``expression`` and
-    optionally ``jaw`` ``(K, 3)`` and ``eyelids`` ``(K, 2)``. Classes come in sorted order. One line builds the
-    template file the configs point at (``model.init_args.templates_path``)::
-
-        python -c "from smirk.cycle import read_expression_fits as r; r('fits/').save('templates.npz')"
+    pool their rows; except for ``facelab fit`` output (``NAME_params.npz``), whose class is the first folder below
+    ``source`` (``fits/<class>/<image>_params.npz``: one ``facelab fit --model flame`` run per expression class).
+    A ``.npy`` holds ``(K, E)`` or ``(E,)`` expressions; a ``.npz`` holds ``expression`` and optionally ``jaw`` (or
+    ``jaw_pose``, as ``facelab fit`` writes it) ``(K, 3)`` and ``eyelids`` ``(K, 2)``. Classes come in sorted order.
+    ``facelab prepare --method smirk --fits fits/ --out templates.npz`` builds the template file the configs point at
+    (``model.init_args.templates_path``).
 
     Raises:
         MissingAssetError: ``source`` is not a folder or holds no fits.
@@ -370,10 +371,10 @@ def read_expression_fits(source: str | os.PathLike) -> ExpressionTemplates:
             raise AssetFormatError(f"{path}: a .npz fit needs an 'expression' array, has {sorted(arrays)}")
         expression = np.asarray(arrays["expression"], np.float32)
         rows = torch.from_numpy(expression).reshape(-1, expression.shape[-1])
-        entry = parts.setdefault(path.stem, {"expression": [], "jaw": [], "eyelids": []})
+        entry = parts.setdefault(_fit_class(root, path), {"expression": [], "jaw": [], "eyelids": []})
         entry["expression"].append(rows)
         for key, dim in (("jaw", 3), ("eyelids", 2)):
-            value = arrays.get(key)
+            value = arrays.get(key, arrays.get("jaw_pose") if key == "jaw" else None)
             entry[key].append(torch.zeros(len(rows), dim) if value is None else
                               torch.from_numpy(np.asarray(value, np.float32)).reshape(-1, dim))
     names = sorted(parts)
@@ -383,6 +384,14 @@ def read_expression_fits(source: str | os.PathLike) -> ExpressionTemplates:
                                eyelids={n: torch.cat(parts[n]["eyelids"]) for n in names})
     except (ValueError, RuntimeError) as err:
         raise AssetFormatError(f"expression fits below {root}: {err}") from err
+
+
+def _fit_class(root: Path, path: Path) -> str:
+    """A fit file's class: the first folder below ``root`` for ``facelab fit``'s ``*_params.npz``, else the stem."""
+    rel = path.relative_to(root)
+    if path.name.endswith("_params.npz") and len(rel.parts) > 1:
+        return rel.parts[0]
+    return path.stem
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -10,13 +10,15 @@ only describes: the networks, FLAME and checkpoints are imported by the function
   (landmark NME, expression errors, supplementary Table 2 vertex errors, the Table 4 expression-change probe), each
   beside its trivial baselines (zero expression, train-set mean expression, mean landmarks).
 * ``facelab bench smirk``: :mod:`smirk.bench`.
+* ``facelab prepare --method smirk --fits DIR --out templates.npz``: :mod:`smirk.prepare`, expression templates
+  from real FLAME fits.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from facelab.methods import Benchmark, EvaluateEntry, EvaluateRequest, Method, ReconstructEntry
+from facelab.methods import ActionEntry, Benchmark, EvaluateEntry, EvaluateRequest, Method, ReconstructEntry
 
 __all__ = ["method"]
 
@@ -56,6 +58,18 @@ def _evaluate(request: EvaluateRequest, options: argparse.Namespace):
                                baseline_samples=options.baseline_samples)
 
 
+def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    from smirk.prepare import add_arguments
+
+    add_arguments(parser)
+
+
+def _prepare(options: argparse.Namespace) -> int:
+    from smirk.prepare import run
+
+    return run(options)
+
+
 #: SMIRK as the ``facelab`` commands see it.
 method = Method(
     name="smirk",
@@ -72,4 +86,7 @@ method = Method(
     configs={"pretrain": "configs/smirk_pretrain.yaml", "core": "configs/smirk.yaml",
              "quickstart": "configs/smirk_quickstart.yaml", "synthetic": "configs/smirk_synthetic.yaml",
              "learning": "configs/smirk_learning.yaml", "gpu": "configs/smirk_gpu.yaml"},
+    actions={"prepare": ActionEntry(run=_prepare, add_arguments=_prepare_arguments,
+                                    help="build the expression-template file (templates_path) from real FLAME fits "
+                                         "(`facelab fit --model flame` output folders, one per class)")},
 )

@@ -86,7 +86,7 @@ def fake_ckpt(fake, tmp_path) -> Path:
 def test_smirk_is_installed_through_its_entry_point():
     assert "smirk" in installed_methods()
     smirk = get_method("smirk")
-    assert smirk.family == "flame" and smirk.commands == ("reconstruct", "evaluate", "bench")
+    assert smirk.family == "flame" and smirk.commands == ("reconstruct", "evaluate", "bench", "prepare")
     assert set(smirk.benchmarks) == {"smirk"} and smirk.benchmarks["smirk"].load().__name__ == "smirk.bench"
     assert all((Path(__file__).parents[2] / path).is_file() for path in smirk.configs.values())
 

@@ -240,3 +240,30 @@ def test_transfer_pixels_drops_points_leaving_the_image():
     points = MeshPoints(torch.zeros(1, 1, dtype=torch.long), torch.tensor([[[1 / 3, 1 / 3, 1 / 3]]]))
     _, mask = transfer_pixels(torch.rand(1, 3, 8, 8), points, verts, verts + 50.0, torch.tensor([[0, 1, 2]]))
     assert mask.sum() == 0
+
+
+def test_templates_from_facelab_fit_folders(tmp_path, capsys):
+    """`facelab prepare --method smirk` turns `facelab fit --model flame` output (one folder per class) into the
+    template file of model.init_args.templates_path (issue 9: real FLAME had no way to get templates)."""
+    from facelab.cli.main import main
+    from smirk.cycle import ExpressionTemplates
+
+    rng = np.random.default_rng(0)
+    for cls, n in (("high_smile", 2), ("kissing", 1)):
+        for i in range(n):
+            folder = tmp_path / "fits" / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            np.savez(folder / f"img{i}_params.npz", identity=rng.normal(size=300).astype(np.float32),
+                     expression=rng.normal(size=50).astype(np.float32), jaw_pose=np.full(3, 0.1 * (i + 1), np.float32),
+                     rotation=np.zeros(3, np.float32), camera=np.ones(3, np.float32))
+    out = tmp_path / "templates.npz"
+    assert main(["prepare", "--method", "smirk", "--fits", str(tmp_path / "fits"), "--out", str(out)]) == 0
+    assert "3 template rows of 50 components in 2 classes (high_smile 2, kissing 1)" in capsys.readouterr().out
+    templates = ExpressionTemplates.load(out)
+    assert templates.names == ("high_smile", "kissing") and templates.expression.shape == (3, 50)
+    assert torch.allclose(templates.jaw[:2, 0], torch.tensor([0.1, 0.2]))
+    assert main(["prepare", "--method", "smirk", "--fits", str(tmp_path / "fits"), "--out", str(out)]) == 2
+    assert "exists; give --force" in capsys.readouterr().err
+    missing = ["--fits", str(tmp_path / "none"), "--out", str(tmp_path / "b.npz")]
+    assert main(["prepare", "--method", "smirk", *missing]) == 2
+    assert "no expression fits" in capsys.readouterr().err and not (tmp_path / "b.npz").exists()
