@@ -52,6 +52,13 @@ def test_n_latent_matches_the_paper():
         Generator(100)
 
 
+def test_the_paper_1024_generator_has_config_f_size():
+    g = Generator(1024, 3, channel_base=32768, channel_max=512)  # StyleGAN2 config F (FFHQ 1024^2, RGB)
+    assert g.n_latent == 18 and g.synthesis.blocks["b4"].const.shape == (512, 4, 4)
+    assert sum(p.numel() for p in g.parameters()) == 30_370_060  # the parameter count of NVlabs' 1024^2 G
+    assert sum(p.numel() for p in g.mapping.parameters()) == 8 * (512 * 512 + 512)
+
+
 @pytest.mark.parametrize(("resolution", "channels"), [(32, 1), (32, 3), (64, 1), (64, 3)])
 def test_shapes_at_every_resolution_and_channel_count(resolution, channels):
     torch.manual_seed(0)
@@ -148,7 +155,7 @@ def test_noise_modes_and_explicit_noise():
 
 
 def test_bad_latents_give_clear_errors():
-    g = tiny_generator(16)
+    g = tiny_generator(16).eval()  # eval mode checks values (training skips the device sync)
     with pytest.raises(ValueError, match=r"ws of shape \(B, 6, 16\)"):
         g.synthesis(torch.randn(2, 5, 16))
     with pytest.raises(ValueError, match="NaN"):
@@ -157,6 +164,7 @@ def test_bad_latents_give_clear_errors():
         g.mapping(torch.tensor([[float("nan")] * 16]))
     with pytest.raises(ValueError, match=r"z of shape \(B, 16\)"):
         g.mapping(torch.randn(2, 8))
+    assert torch.isnan(g.train().synthesis(torch.full((2, 6, 16), float("nan")))).all()
 
 
 def test_r1_against_finite_differences_float64():

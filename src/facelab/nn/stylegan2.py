@@ -103,6 +103,8 @@ def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
 
 
 def _check_finite(name: str, x: Tensor) -> None:
+    """Clear error for NaN / Inf latents. Run in eval mode only (inference, projection, Detailed3DMM): on a GPU the
+    test synchronises, and in training non-finite values come from the weights, which the loss guard catches."""
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf values ({int((~torch.isfinite(x)).sum())} of {x.numel()})")
 
@@ -147,10 +149,14 @@ class MappingNetwork(nn.Module):
 
         Returns:
             (B, L, D).
+
+        Raises:
+            ValueError: z of the wrong shape, or (eval mode) with NaN / Inf values.
         """
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"mapping expects z of shape (B, {self.z_dim}), got {tuple(z.shape)}")
-        _check_finite("z", z)
+        if not self.training:  # see _check_finite
+            _check_finite("z", z)
         w = self.layers(normalize_2nd_moment(z))
         if update_w_avg:
             with torch.no_grad():
@@ -305,13 +311,17 @@ class SynthesisNetwork(nn.Module):
 
         Returns:
             (B, C, R, R).
+
+        Raises:
+            ValueError: ws of the wrong shape, or (eval mode) with NaN / Inf values; a bad noise_mode / noise list.
         """
         if ws.dim() != 3 or ws.shape[1:] != (self.n_latent, self.w_dim):
             raise ValueError(f"synthesis expects ws of shape (B, {self.n_latent}, {self.w_dim}) at "
                              f"{self.resolution}^2, got {tuple(ws.shape)}")
         if noise_mode not in _NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {_NOISE_MODES}, got {noise_mode!r}")
-        _check_finite("ws", ws)
+        if not self.training:
+            _check_finite("ws", ws)
         n_layers = len(self.layers())
         if noise is not None and len(noise) != n_layers:
             raise ValueError(f"noise must hold {n_layers} maps (noise_shapes()), got {len(noise)}")
