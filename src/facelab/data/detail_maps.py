@@ -26,7 +26,8 @@ A map is three terms (all on the texels of the layout, zero far outside the face
 * ``n(id)``: **skin grain and pores**, band-limited noise of :data:`GRAIN_WAVELENGTHS_MM`; its amplitude
   ``grain_mm * (1 + grain_age_gain * age) * exp(grain_jitter * u_amp . id)`` and its dominant wavelength
   ``grain_wavelength_mm * exp(wavelength_jitter * u_freq . id)`` depend on the identity; the layout of the noise is
-  a per-identity shift of fixed noise textures, seeded by a hash of the identity vector (rounded to 1e-4).
+  a per-identity circular shift of fixed periodic noise textures, seeded by a hash of the identity vector
+  (rounded to 1e-4).
   Bands finer than the texels are attenuated as an area average would (std ``x 2 sqrt(pi) sigma / texel``).
 
 The directions ``u_age``, ``u_amp``, ``u_freq`` and ``G`` are fixed random unit vectors of the world seed
@@ -41,6 +42,7 @@ splits (FaceScape-like: ``expressions_per_identity`` maps per subject, the first
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import weakref
@@ -237,8 +239,8 @@ class DisplacementMapModel(nn.Module):
     """(identity, expression) -> displacement map in mm on the synthetic bilinear UV layout (module docstring).
 
     Buffers: ``patterns`` (P, R*R) the wrinkle patterns at activation 1 (mm), ``mask`` (1, 1, R, R) UV validity,
-    ``support`` (1, 1, R, R) the mask grown by two texels (the maps are defined there), ``noise`` (N_b, R, R) unit
-    grain bands, ``directions`` (3 + P_g, K) the identity directions, ``static_lines`` (P,).
+    ``support`` (1, 1, R, R) the mask grown by two texels (the maps are defined there), ``noise`` (N_b, 2R, 2R) unit
+    grain bands (periodic, tiled twice), ``directions`` (3 + P_g, K) the identity directions, ``static_lines`` (P,).
 
     Args:
         model: the synthetic bilinear model (``load_model("bilinear", "synthetic")``).
@@ -255,6 +257,7 @@ class DisplacementMapModel(nn.Module):
     directions: Tensor
     static_lines: Tensor
     group_index: Tensor
+    drive: Tensor
     band_gain: Tensor
 
     def __init__(self, model: MorphableModel, resolution: int = 256, world: DetailWorld | None = None,
@@ -270,41 +273,21 @@ class DisplacementMapModel(nn.Module):
         self.resolution = int(resolution)
         self.num_identity = int(model.num_identity)
         self.au_map = ActionUnitMap.for_model(model)
-        wrinkles, surface = self._wrinkles(model, wrinkle_depth, wrinkle_width)
-        self.names = wrinkles.names
-        self.texel_mm = surface.metres_per_uv / self.resolution * 1e3
-        fine = surface.size[0]
-        valid = torch.zeros(fine * fine)
-        valid[torch.from_numpy(surface.index)] = 1.0
-        cover = _area_resize(valid.view(1, 1, fine, fine), self.resolution)
+        fine = _fine_wrinkles(model, self.resolution, wrinkle_depth, wrinkle_width)
+        self.names = fine.names
+        self.texel_mm = fine.metres_per_uv / self.resolution * 1e3
+        cover = _area_resize(fine.valid[None, None], self.resolution)
         self.register_buffer("mask", (cover >= 0.5).float(), persistent=False)
         self.register_buffer("support", (F.max_pool2d(cover, 5, 1, 2) > 0).float(), persistent=False)
-        maps = _area_resize(wrinkles.pattern_maps()[None], self.resolution)[0]
+        maps = _area_resize(fine.patterns[None], self.resolution)[0] * self.support[0]
         self.register_buffer("patterns", maps.reshape(len(self.names), -1).contiguous(), persistent=False)
-        self.drive = wrinkles.drive  # (C, P) channel -> pattern weights (WrinkleModel.activations)
+        self.register_buffer("drive", fine.drive.clone(), persistent=False)  # (C, P) WrinkleModel.activations
         groups = sorted({_group(n) for n in self.names})
         self.register_buffer("group_index", torch.tensor([groups.index(_group(n)) for n in self.names]),
                              persistent=False)
         self.register_buffer("static_lines", torch.tensor([STATIC_LINES.get(_group(n), 0.0) for n in self.names]),
                              persistent=False)
         self._build_world(len(groups))
-
-    def _wrinkles(self, model: MorphableModel, depth: float, width: float) -> tuple[WrinkleModel, TemplateSurface]:
-        """The wrinkle patterns on a UV layout fine enough for the grooves (>= 2 texels across), and its surface."""
-        zeros = torch.zeros(1, model.num_identity), torch.zeros(1, model.num_expression)
-        with torch.no_grad():
-            template = model(model.make_params(*zeros))
-        verts, lmk, mpu = template.verts[0], template.landmarks68[0], UNITS_TO_METRES[model.units]
-
-        def surface_at(size: int) -> TemplateSurface:
-            return TemplateSurface.from_mesh(verts, model.faces, model.uv, model.faces_uv, model.regions, lmk, mpu,
-                                             size)
-
-        coarse = surface_at(64)
-        need = wrinkle_map_size(coarse.metres_per_uv, width)
-        fine = self.resolution * max(1, 2 ** math.ceil(math.log2(max(need / self.resolution, 1.0))))
-        surface = surface_at(fine)
-        return WrinkleModel(surface, depth_scale=depth, width_scale=width).float(), surface
 
     def _build_world(self, num_groups: int) -> None:
         w, r, k = self.world, self.resolution, self.num_identity
@@ -318,7 +301,8 @@ class DisplacementMapModel(nn.Module):
             band = _gaussian_blur(white, max(sigma_texels, 0.3))
             bands.append((band / band.std()).float()[0, 0])
             gains.append(min(1.0, 2.0 * math.sqrt(math.pi) * sigma_texels))  # area-average attenuation
-        self.register_buffer("noise", torch.stack(bands), persistent=False)
+        # tiled 2 x 2 (the textures are periodic): a shifted copy is a slice, not a roll
+        self.register_buffer("noise", torch.stack(bands).repeat(1, 2, 2).contiguous(), persistent=False)
         self.register_buffer("band_gain", torch.tensor(gains), persistent=False)
 
     # ------------------------------------------------------------------------------------------- identity
@@ -348,23 +332,19 @@ class DisplacementMapModel(nn.Module):
         weights = torch.exp(-0.5 * ((octave[None] - peak[:, None]) / w.band_width) ** 2)
         weights = weights / weights.norm(dim=1, keepdim=True) * amplitude[:, None] * self.band_gain
         seeds = [identity_seed(z) for z in identity] if seeds is None else seeds
-        grain = torch.stack([self._grain(wk, s) for wk, s in zip(weights, seeds)])[:, None]
-        return IdentityDetail(age=age, gain=gain, static=static, grain=grain * self.support[0])
-
-    def _grain(self, weights: Tensor, seed: int) -> Tensor:
-        """(R, R) the weighted noise bands, circularly shifted (and flipped) by ``seed``: this identity's pores."""
         r = self.resolution
-        dy, dx, flip = seed % r, (seed // r) % r, (seed // (r * r)) % 2
-        field = torch.einsum("k,khw->hw", weights, self.noise)
-        field = torch.roll(field, shifts=(dy, dx), dims=(0, 1))
-        return field.flip(1) if flip else field
+        grain = identity.new_empty(len(seeds), 1, r, r)
+        for b, (wk, seed) in enumerate(zip(weights, seeds)):
+            dy, dx = seed % r, (seed // r) % r  # this identity's pore layout: a circular shift of the textures
+            torch.tensordot(wk, self.noise[:, dy:dy + r, dx:dx + r], dims=1, out=grain[b, 0])
+        return IdentityDetail(age=age, gain=gain, static=static, grain=grain.mul_(self.support[0]))
 
     # ------------------------------------------------------------------------------------------- maps
     def activations(self, expression: Tensor) -> Tensor:
         """(B, 52) FaceScape expression vectors -> (B, P) wrinkle-pattern activations in [0, 1]."""
         self._check(expression, 52, "expression")
         channels = self.au_map.channels(expression[:, 1:].to(self.patterns))
-        return (channels @ self.drive.to(channels)).clamp(0.0, 1.0)  # = WrinkleModel.activations
+        return (channels @ self.drive).clamp(0.0, 1.0)  # = WrinkleModel.activations
 
     def compose(self, detail: IdentityDetail, expression: Tensor) -> Tensor:
         """Maps of B (identity, expression) pairs from precomputed identity terms (one row of ``detail`` per map).
@@ -374,7 +354,7 @@ class DisplacementMapModel(nn.Module):
         """
         weights = self.activations(expression) * detail.gain + detail.static  # (B, P)
         r = self.resolution
-        return (weights @ self.patterns).view(-1, 1, r, r) * self.support + detail.grain
+        return torch.addmm(detail.grain.reshape(-1, r * r), weights, self.patterns).view(-1, 1, r, r)
 
     def forward(self, identity: Tensor, expression: Tensor) -> Tensor:
         """(B, 50) identity, (B, 52) expression -> (B, 1, R, R) displacement map in millimetres."""
@@ -393,6 +373,54 @@ class DisplacementMapModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"resolution={self.resolution}, patterns={len(self.names)}, texel={self.texel_mm:.2f} mm"
+
+
+@dataclass
+class _FineWrinkles:
+    """The wrinkle patterns evaluated on a UV layout fine enough for the grooves (``S`` >= 2 texels across each)."""
+
+    names: tuple[str, ...]
+    patterns: Tensor  # (P, S, S) mm at activation 1
+    valid: Tensor  # (S, S) texels covered by the layout
+    drive: Tensor  # (C, P) action channel -> pattern weights
+    metres_per_uv: float
+
+
+#: Fine wrinkle patterns per bilinear model (shared by every resolution that divides the fine layout).
+_FINE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fine_wrinkles(model: MorphableModel, resolution: int, depth: float, width: float) -> _FineWrinkles:
+    """:class:`WrinkleModel` patterns at ``resolution * 2^k``, the smallest multiple that resolves the grooves
+    (:func:`facelab.data.wrinkles.wrinkle_map_size`; 512 for the synthetic bilinear layout up to 512^2 maps)."""
+    per_model = _FINE.setdefault(model, {})
+    zeros = torch.zeros(1, model.num_identity), torch.zeros(1, model.num_expression)
+    with torch.no_grad():
+        template = model(model.make_params(*zeros))
+    verts, lmk, mpu = template.verts[0], template.landmarks68[0], UNITS_TO_METRES[model.units]
+
+    def surface_at(size: int) -> TemplateSurface:
+        return TemplateSurface.from_mesh(verts, model.faces, model.uv, model.faces_uv, model.regions, lmk, mpu, size)
+
+    if "metres_per_uv" not in per_model:
+        per_model["metres_per_uv"] = surface_at(64).metres_per_uv
+    need = wrinkle_map_size(per_model["metres_per_uv"], width)
+    fine = resolution * 2 ** math.ceil(math.log2(max(need / resolution, 1.0)))
+    key = (fine, float(depth), float(width))
+    if key not in per_model:
+        surface = surface_at(fine)
+        wrinkles = WrinkleModel(surface, depth_scale=depth, width_scale=width).float()
+        valid = torch.zeros(fine * fine)
+        valid[torch.from_numpy(surface.index)] = 1.0
+        per_model[key] = _FineWrinkles(wrinkles.names, wrinkles.pattern_maps(), valid.view(fine, fine),
+                                       wrinkles.drive.float(), float(surface.metres_per_uv))
+    return per_model[key]
+
+
+@functools.lru_cache(maxsize=4)
+def _bilinear_model(model_path: str) -> MorphableModel:
+    """The bilinear model of ``model_path``, loaded once per process (read-only: shared by every dataset)."""
+    return load_model("bilinear", model_path).eval()
 
 
 #: Map models shared by the datasets of one bilinear model (a DataModule's splits): model -> {settings: module}.
@@ -435,7 +463,8 @@ class SyntheticDisplacementDataset(torch.utils.data.Dataset):
         include_neutral: expression 0 of each identity is the neutral face.
         sequence_length: 0: single maps; ``T``: sweeps of T frames per item (smoothstep-interpolated expression
             keyframes every ``scene.keyframe_interval`` frames, from the neutral face), maps (T, 1, R, R).
-        cache_identities: identities whose detail terms are kept per process (LRU).
+        cache_mb: memory (MiB, per process) for the per-identity terms of recently seen identities (LRU; 256 MiB
+            keeps 1024 identities at 256^2, all of a FaceScape-sized split at 128^2).
         model: an already built bilinear model (overrides ``model_path``).
     """
 
@@ -451,7 +480,7 @@ class SyntheticDisplacementDataset(torch.utils.data.Dataset):
         scene: SceneConfig | None = None,
         include_neutral: bool = True,
         sequence_length: int = 0,
-        cache_identities: int = 256,
+        cache_mb: float = 256.0,
         model: MorphableModel | None = None,
     ) -> None:
         super().__init__()
@@ -463,13 +492,13 @@ class SyntheticDisplacementDataset(torch.utils.data.Dataset):
         self.split, self.seed, self.resolution = split, int(seed), int(resolution)
         self.world, self.scene = world or DetailWorld(), scene or SceneConfig()
         self.include_neutral, self.sequence_length = include_neutral, int(sequence_length)
-        self.model = (model if model is not None else load_model("bilinear", model_path)).eval()
+        self.model = model.eval() if model is not None else _bilinear_model(str(model_path))
         self.maps = _shared_map_model(self.model, self.resolution, self.world, self.scene.wrinkle_depth,
                                       self.scene.wrinkle_width)
         self._jaw = self.model.jaw_open_component  # (component, radians per unit)
         self._offset = head_expression_offset(self.model)
         self._cache: OrderedDict[int, tuple[Tensor, IdentityDetail]] = OrderedDict()
-        self._cache_size = int(cache_identities)
+        self._cache_size = max(1, int(cache_mb * 2**20 / (4 * self.resolution**2 + 1024)))
 
     def __len__(self) -> int:
         return self.num_identities * self.expressions_per_identity
