@@ -12,8 +12,9 @@ Usage::
     ws = style_mix(ws, G.mapping(torch.randn_like(z)), prob=0.9)
     fake = G.synthesis(ws, noise_mode="random")           # (B, 1, 64, 64)
     logits = D(augment(fake))                             # (B,); augment = AdaptiveAugment (facelab.nn.ada)
+    augment.update(D(augment(real)))                      # D step: ADA's p follows E[sign(D(real))]
     loss_g = facelab.losses.generator_loss(logits)        # non-saturating; R1: facelab.losses.LazyR1
-    loss_pl = pl_reg(fake, ws) if pl_reg.due else 0       # PathLengthRegularizer, call on every G step
+    loss_pl = pl_reg(fake_pl, ws_pl) if pl_reg.due else pl_reg.step()  # PathLengthRegularizer, lazy (every 4)
     update_ema(G_ema, G, ema_beta(B, half_life_kimg=10))  # G_ema = copy.deepcopy(G).eval().requires_grad_(False)
 
 Eq. / § numbers refer to the StyleGAN2 paper unless marked ADA. NVlabs' code is read, never copied.
@@ -568,8 +569,9 @@ def style_mix(ws: Tensor, ws_other: Tensor, prob: float = 0.9, generator: torch.
     b, n = ws.shape[:2]
     if prob <= 0 or n < 2:
         return ws
-    cutoff = torch.randint(1, n, (b,), generator=generator, device=generator.device if generator else "cpu")
-    mixed = torch.rand(b, generator=generator, device=cutoff.device) < prob
+    device = generator.device if generator is not None else ws.device
+    cutoff = torch.randint(1, n, (b,), generator=generator, device=device)
+    mixed = torch.rand(b, generator=generator, device=device) < prob
     cutoff = torch.where(mixed, cutoff, torch.full_like(cutoff, n)).to(ws.device)
     take_other = torch.arange(n, device=ws.device)[None, :] >= cutoff[:, None]  # (B, L)
     return torch.where(take_other[..., None], ws_other, ws)
