@@ -8,7 +8,8 @@ only describes: the networks, FLAME and checkpoints are imported by the function
   reconstruction (core-phase checkpoints).
 * ``facelab evaluate --method smirk --ckpt CKPT [--probe-faces N] [--probe-copies K]``: :mod:`smirk.evaluate`
   (landmark NME, expression errors, supplementary Table 2 vertex errors, the Table 4 expression-change probe), each
-  beside its trivial baselines (zero expression, train-set mean expression, mean landmarks).
+  beside its trivial baselines (zero expression, train-set mean expression, mean landmarks); with ``--data DIR``
+  (photos or a preprocess cache) :mod:`smirk.evaluate_real` (NME vs mediapipe, the translator's L1/VGG).
 * ``facelab bench smirk``: :mod:`smirk.bench`.
 * ``facelab prepare --method smirk --fits DIR --out templates.npz``: :mod:`smirk.prepare`, expression templates
   from real FLAME fits.
@@ -43,11 +44,23 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-copies", type=int, default=8, help="tweaked copies per probed face (>= 2)")
     parser.add_argument("--baseline-samples", type=int, default=256,
                         help="train faces the trivial baselines (mean expression, mean landmarks) average (0: none)")
+    parser.add_argument("--vgg-weights", default=None,
+                        help="--data DIR: torchvision VGG16 state dict for the translator's VGG column")
+    parser.add_argument("--cache", default=None,
+                        help="--data DIR of photos: where to keep their facelab preprocess cache (default: temporary)")
 
 
 def _evaluate(request: EvaluateRequest, options: argparse.Namespace):
     from smirk.evaluate import ExpressionTweak, evaluate_checkpoint
 
+    if request.data != "synthetic":  # a folder of the user's photos (or a preprocess cache)
+        from smirk.evaluate_real import evaluate_folder
+
+        if request.ckpt is None:
+            raise ValueError("--data DIR evaluates a trained checkpoint: give --ckpt (--init is a synthetic baseline)")
+        return evaluate_folder(request.ckpt, request.data, num_images=request.num_images,
+                               batch_size=request.batch_size, device=request.device, vgg_weights=options.vgg_weights,
+                               cache=options.cache)
     if options.probe_faces < 0:
         raise ValueError(f"--probe-faces must be >= 0, got {options.probe_faces}")
     if options.probe_copies < 2:
@@ -79,7 +92,7 @@ method = Method(
         from_checkpoint=_reconstructor, add_arguments=_reconstruct_arguments, crop_scale=1.6, crop="landmarks",
         checkpoint_help="a SmirkModule checkpoint of either phase (pretraining or core), or a bare SmirkEncoder "
                         "state dict; FLAME defaults to the checkpoint's flame_path"),
-    evaluate=EvaluateEntry(run=_evaluate, add_arguments=_evaluate_arguments, data=("synthetic",),
+    evaluate=EvaluateEntry(run=_evaluate, add_arguments=_evaluate_arguments, data=("synthetic", "folder"),
                            supports_init=True),
     benchmarks={"smirk": Benchmark("smirk.bench", "SMIRK training-step time split (B = 8, 224^2) and inference "
                                                   "images/s, encoders vs the whole reconstruction (B = 1, 32)")},

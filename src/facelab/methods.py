@@ -178,7 +178,8 @@ class EvaluateEntry:
         run: ``(request: EvaluateRequest, options: argparse.Namespace) -> Evaluation`` (``options``: the parsed
             method options).
         add_arguments: adds the method's own options.
-        data: the ``--data`` values it evaluates on.
+        data: the ``--data`` values it evaluates on; ``"folder"``: also any folder (``--data DIR``: the user's
+            photos or a ``facelab preprocess`` cache; ``EvaluateRequest.data`` is then the path).
         supports_init: ``--init`` (a randomly initialized model as the baseline) is available.
     """
 

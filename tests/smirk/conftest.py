@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
+from facelab.data.cache import CacheWriter, FaceRecord
+from facelab.data.synthetic import SyntheticFaceDataset, SyntheticFaceSample
 from facelab.morphable import Flame, FlameParams
 from facelab.render import WeakPerspectiveCamera, ndc_to_pixels, rasterize
 
@@ -44,3 +47,39 @@ def scene(flame) -> Scene:
     return Scene(size=size, verts_ndc=verts_ndc, verts_px=ndc_to_pixels(verts_ndc, size),
                  landmarks_px=ndc_to_pixels(cam.project(mesh.landmarks_mp), size),
                  render_mask=frags.mask[:, None].float(), faces=flame.faces)
+
+
+# -------------------------------------------------------------------------- a preprocess cache of synthetic renders
+SIZE, N = 64, 4  # the cache's crop side and faces
+
+
+@pytest.fixture(scope="session")
+def synthetic_truth() -> SyntheticFaceSample:
+    """Four synthetic FLAME renders (64²) with their true landmarks."""
+    data = SyntheticFaceDataset(num_samples=N, image_size=SIZE, uv_size=64, seed=3)
+    return SyntheticFaceSample.collate(data.generate(list(range(N))))
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(synthetic_truth, tmp_path_factory):
+    """The renders as a preprocessing cache: 478 mediapipe points (the 105 true ones, the rest at their centroid),
+    FAN 68 on even samples only, the hull mask."""
+    root = tmp_path_factory.mktemp("synthetic_cache")
+    writer = CacheWriter(root)
+    from smirk.data import flame_mediapipe_indices
+
+    indices = flame_mediapipe_indices("synthetic")
+    t = synthetic_truth
+    for i in range(N):
+        mp = t.landmarks_mp_pix[i].numpy()
+        full = np.repeat(mp.mean(0, keepdims=True), 478, axis=0)
+        full[indices.numpy()] = mp
+        image = (t.image[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        record = FaceRecord(image=image, landmarks_mp=full, mask=(t.hull_mask[i, 0] > 0.5).numpy().astype(np.uint8),
+                            matrix=np.eye(2, 3, dtype=np.float32), score=1.0, source=f"render_{i}.png",
+                            landmarks_fan=t.landmarks68_pix[i].numpy() if i % 2 == 0 else None)
+        writer.write_item(f"render_{i}", f"render_{i}.png", -1, [record])
+    writer.write_report()
+    return root
+
+

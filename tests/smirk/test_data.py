@@ -15,42 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from facelab.data.cache import CacheWriter, FaceRecord
 from facelab.data.datasets import CachedFaceDataModule, FaceCropSample
-from facelab.data.synthetic import SyntheticFaceDataset, SyntheticFaceSample
 from facelab.errors import MissingAssetError
 from smirk.data import SmirkBatch, as_smirk_batch, flame_mediapipe_indices
 from smirk.module import SmirkModule
 
 SIZE, N = 64, 4
-
-
-@pytest.fixture(scope="module")
-def synthetic_truth() -> SyntheticFaceSample:
-    """Four synthetic FLAME renders (64²) with their true landmarks."""
-    data = SyntheticFaceDataset(num_samples=N, image_size=SIZE, uv_size=64, seed=3)
-    return SyntheticFaceSample.collate(data.generate(list(range(N))))
-
-
-@pytest.fixture(scope="module")
-def synthetic_cache(synthetic_truth, tmp_path_factory):
-    """The renders as a preprocessing cache: 478 mediapipe points (the 105 true ones, the rest at their centroid),
-    FAN 68 on even samples only, the hull mask."""
-    root = tmp_path_factory.mktemp("synthetic_cache")
-    writer = CacheWriter(root)
-    indices = flame_mediapipe_indices("synthetic")
-    t = synthetic_truth
-    for i in range(N):
-        mp = t.landmarks_mp_pix[i].numpy()
-        full = np.repeat(mp.mean(0, keepdims=True), 478, axis=0)
-        full[indices.numpy()] = mp
-        image = (t.image[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        record = FaceRecord(image=image, landmarks_mp=full, mask=(t.hull_mask[i, 0] > 0.5).numpy().astype(np.uint8),
-                            matrix=np.eye(2, 3, dtype=np.float32), score=1.0, source=f"render_{i}.png",
-                            landmarks_fan=t.landmarks68_pix[i].numpy() if i % 2 == 0 else None)
-        writer.write_item(f"render_{i}", f"render_{i}.png", -1, [record])
-    writer.write_report()
-    return root
 
 
 def datamodule(root, image_size: int = SIZE, batch_size: int = N) -> CachedFaceDataModule:
@@ -144,7 +114,6 @@ def test_real_photo_landmarks_are_ndc_y_up(photo_cache):
 def test_mica_input_is_the_arcface_aligned_crop(synthetic_cache):
     """Real crops carry MICA's input: the ArcFace-aligned 112x112 crop from mediapipe's five points, in [-1, 1]
     (issue 9: nothing filled ``mica_image`` before)."""
-    import numpy as np
 
     from facelab.metrics.identity import ARCFACE_TEMPLATE, arcface_transform
     from smirk.data import MP_FIVE_POINTS, mica_input

@@ -28,8 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", type=str, help="a checkpoint of the method")
     source.add_argument("--init", action="store_true", help="the method's random initialization (a baseline)")
-    parser.add_argument("--data", default="synthetic", help="held-out data (default: synthetic, the synthetic face "
-                                                            "world's test split, ground truth known)")
+    parser.add_argument("--data", default="synthetic",
+                        help="held-out data: synthetic (the synthetic face world's test split, ground truth known; "
+                             "the default) or, for methods that evaluate folders, a folder of photos / a facelab "
+                             "preprocess cache")
     parser.add_argument("--num", type=int, default=256, help="held-out images (default: 256)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="crop side; default: the checkpoint's (the method's for --init)")
@@ -58,7 +60,11 @@ def _run(args: argparse.Namespace) -> int:
     for flag, value in (("--num", args.num), ("--batch-size", args.batch_size)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.data not in entry.data:
+    folder = args.data not in entry.data and "folder" in entry.data
+    if folder and not Path(args.data).expanduser().is_dir():
+        named = ", ".join(d for d in entry.data if d != "folder")
+        raise ValueError(f"--data {args.data}: not a folder, nor one of {named}")
+    if args.data not in entry.data and not folder:
         raise ValueError(f"--data {args.data}: {method.name} evaluates on {', '.join(entry.data)}")
     if args.init and not entry.supports_init:
         raise ValueError(f"--init: {method.name} has no random-initialization baseline; give --ckpt")
