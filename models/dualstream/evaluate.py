@@ -1,0 +1,419 @@
+"""``facelab evaluate --method dualstream``: AFLW2000-3D NME, MICC-style scan error, texture MAE / photometric error.
+
+    facelab evaluate --method dualstream --ckpt CKPT --data synthetic [--num 256]
+    facelab evaluate --method dualstream --ckpt CKPT --data aflw2000 --aflw-root AFLW2000 [--bfm-path BFM.mat]
+    facelab evaluate --method dualstream --ckpt CKPT --data micc --micc-root FOLDER
+    facelab evaluate --method dualstream --init --data synthetic --image-size 64 --uv-size 32 --width 0.25
+
+Protocols:
+
+* **AFLW2000-3D NME** (paper Table III; 3DDFA's benchmark): per image the mean 2D distance of the 68 keypoint
+  vertices read from the predicted full ASM to ``pt3d_68`` (x, y), divided by ``sqrt(w h)`` of the ground-truth
+  landmark box (:func:`facelab.metrics.landmark_nme` ``"bbox"``), averaged per absolute-yaw bin ([0, 30), [30, 60),
+  [60, 90] degrees, ``Pose_Para[1]``) and over the bins (:func:`facelab.metrics.yaw_binned_mean`). The **dense**
+  variant (the paper's Table III text: "per-vertex mean error" between the generated and ground-truth shapes): the
+  mean 3D distance over all vertices, both z shifted to min 0 (the maps' convention), same normaliser; it needs the
+  ground-truth shape (``Shape_Para`` / ``Exp_Para`` on face3d's ``BFM.mat``, ``--bfm-path``) and a network trained
+  on that topology. Crops: the keypoint box x 1.5 around its centre, no jitter (the training crop).
+* **MICC Florence-style** (Table I): the predicted mesh (crop pixels, y flipped to y-up) is similarity-aligned to
+  the scan (centroid and RMS radius, then point-to-point ICP with scale, :func:`facelab.metrics.rigid_icp`), the
+  scan is cropped to ``--crop-radius`` (95 mm) around the aligned nose tip (keypoint 30), aligned again, and the
+  mean point-to-plane distance of the scan points to the mesh is reported in scan units
+  (:func:`facelab.metrics.scan_to_mesh_distance` ``"plane"``).
+* **Texture MAE / photometric error** (Table II, Fig. 11): :func:`texture_mae` (mean absolute error of UV textures
+  in [0, 1] over valid texels) and :func:`photometric_error` (mean absolute RGB error x 255 over the visible face).
+  They need the texture stream: pass ``texture=`` a :data:`TextureScorer` to :func:`evaluate_synthetic`; without it
+  the rows say ``n/a`` (until the texture stream is trained they are not computed).
+* **Synthetic world** (``--data synthetic``, exact ground truth): the full-ASM and vertex errors (crop pixels),
+  the 68-point and dense NME with yaw bins, the point-to-plane error against the true mesh, each beside the *mean
+  ASM* baseline (the mean map of the evaluated faces, an oracle trivial answer).
+
+Folder layouts: AFLW2000-3D as distributed (``image00002.jpg`` + ``image00002.mat`` with ``pt3d_68`` (3, 68) and
+``Pose_Para`` (1, 7), from the 3DDFA project page); MICC: ``NAME.jpg|png`` beside ``NAME.obj|ply|off|stl`` (a frame of
+each MICC video with the subject's scan, in millimetres). Bad files are skipped with their reason in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from dualstream.data import (
+    AsmSample,
+    SyntheticAsmDataset,
+    image_vertices,
+    keypoint_crop,
+    read_300wlp_mat,
+    read_face3d_bfm,
+)
+from facelab.data.crop import transform_points, warp_crop
+from facelab.data.image_io import read_image
+from facelab.errors import AssetFormatError, MissingAssetError
+from facelab.io.weights import read_checkpoint
+from facelab.methods import EvaluateEntry, EvaluateRequest
+from facelab.metrics import landmark_nme, rigid_icp, scan_to_mesh_distance, yaw_binned_mean
+from facelab.metrics.registration import RigidTransform
+from facelab.rotations import axis_angle_to_matrix
+
+__all__ = ["DualStreamEvaluation", "GeometryPredictor", "TextureScorer", "add_arguments", "evaluate_aflw2000",
+           "evaluate_entry", "evaluate_micc", "evaluate_synthetic", "load_predictor", "micc_point_to_plane",
+           "photometric_error", "read_scan", "run", "texture_mae"]
+
+#: ``(images (B, 3, H, W), batch, prediction) -> (texture MAE (B,), photometric error (B,))`` of the texture stream.
+TextureScorer = Callable[[Tensor, AsmSample, "Prediction"], tuple[Tensor, Tensor]]
+NOSE_TIP = 30
+_SCAN_SUFFIXES = (".obj", ".ply", ".off", ".stl")
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class DualStreamEvaluation:
+    """Rows ``(metric, value, unit, baselines)`` of one evaluation; ``format_table`` / ``write_json``."""
+
+    data: str
+    rows: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, metric: str, value: float | None, unit: str = "", **baselines: float) -> None:
+        self.rows.append({"metric": metric, "value": value, "unit": unit, "baselines": baselines})
+
+    def value(self, metric: str) -> float | None:
+        return next(r["value"] for r in self.rows if r["metric"] == metric)
+
+    def format_table(self) -> str:
+        names = sorted({k for r in self.rows for k in r["baselines"]})
+        fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+        lines = [f"DualStream evaluation on {self.data}",
+                 f"{'metric':40s} {'ours':>10s} " + " ".join(f"{n:>12s}" for n in names) + "  unit"]
+        for r in self.rows:
+            lines.append(f"{r['metric']:40s} {fmt(r['value']):>10s} "
+                         + " ".join(f"{fmt(r['baselines'].get(n)):>12s}" for n in names) + f"  {r['unit']}")
+        lines += [f"skipped: {s}" for s in self.skipped]
+        return "\n".join(lines)
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"data": self.data, "rows": self.rows, "skipped": self.skipped}, indent=2))
+        return path
+
+
+# ------------------------------------------------------------------------------------------------ predictor
+@dataclass
+class Prediction:
+    """Maps and vertices of a batch, crop pixels: pos_id / pos_full (B, 3, S, S), verts (B, V, 3)."""
+
+    pos_id: Tensor
+    pos_full: Tensor
+    verts: Tensor
+    output: object
+
+
+class GeometryPredictor:
+    """A trained (or initial) :class:`dualstream.module_geometry.GeometryModule` as images -> :class:`Prediction`."""
+
+    def __init__(self, module, device: str = "cpu") -> None:
+        self.module = module.to(device).eval()
+        self.device = device
+        self.image_size = int(module.hparams.image_size)
+        self.faces = module.codec.mapper.faces.cpu()
+
+    @property
+    def keypoints(self) -> Tensor:
+        return self.module.keypoints.cpu()
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Prediction:
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(f"images must be {self.image_size}^2 crops (the network's), got {tuple(images.shape)}")
+        out = self.module.stream(images.to(self.device))
+        pos_id, pos_full = self.module.codec.decode(out.a_id, out.a_exp)
+        verts = self.module.codec.to_vertices(pos_full)
+        return Prediction(pos_id.cpu(), pos_full.cpu(), verts.cpu(), out)
+
+
+def load_predictor(request: EvaluateRequest, options: argparse.Namespace) -> GeometryPredictor:
+    """The module of ``request.ckpt`` (``weights_only`` load), or a fresh one for ``--init``."""
+    from dualstream.module_geometry import GeometryModule
+
+    if request.ckpt is None:
+        torch.manual_seed(request.seed or 0)
+        module = GeometryModule(model_path=options.model_path, image_size=request.image_size or 256,
+                                uv_size=options.uv_size, width=options.width, decoder_width=options.width)
+        return GeometryPredictor(module, request.device)
+    ckpt = read_checkpoint(request.ckpt, what="DualStream geometry checkpoint", config_key="--ckpt")
+    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise AssetFormatError(f"{request.ckpt}: not a Lightning checkpoint of dualstream.module_geometry "
+                               "(no 'state_dict' / 'hyper_parameters')")
+    hp = dict(ckpt["hyper_parameters"])
+    hp.pop("_instantiator", None)
+    hp["vggface_weights"] = None  # the trained weights come from the checkpoint
+    module = GeometryModule(**{k: v for k, v in hp.items() if k in GeometryModule.__init__.__code__.co_varnames})
+    stream = {k[len("stream."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("stream.")}
+    module.stream.load_state_dict(stream)
+    if request.image_size not in (None, module.hparams.image_size):
+        raise ValueError(f"--image-size {request.image_size}: the checkpoint was trained on "
+                         f"{module.hparams.image_size}^2 crops")
+    return GeometryPredictor(module, request.device)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def texture_mae(pred: Tensor, true: Tensor, mask: Tensor) -> Tensor:
+    """(B, 3, S, S) UV textures in [0, 1], (B, 1, S, S) valid texels -> (B,) mean absolute error (Table II)."""
+    m = mask.to(pred.dtype).expand_as(pred)
+    return ((pred - true).abs() * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1)
+
+
+def photometric_error(render: Tensor, image: Tensor, mask: Tensor) -> Tensor:
+    """(B, 3, H, W) in [0, 1], (B, 1, H, W) visible face -> (B,) mean absolute RGB error on 0..255 (Fig. 11)."""
+    return 255.0 * texture_mae(render, image, mask)
+
+
+def _yaw_degrees(pose: Tensor) -> Tensor:
+    """(B, 3) axis-angle -> (B,) yaw (rotation about +y) in degrees."""
+    r = axis_angle_to_matrix(pose)
+    return torch.rad2deg(torch.atan2(r[:, 0, 2], r[:, 2, 2]))
+
+
+def _dense_nme(pred: Tensor, true: Tensor, landmarks: Tensor) -> Tensor:
+    """(B, V, 3) vertices (z shifted to min 0 each) -> (B,) mean 3D error / sqrt(w h) of the landmark box."""
+    shift = lambda v: v - torch.stack([torch.zeros_like(v[..., 0]), torch.zeros_like(v[..., 0]),  # noqa: E731
+                                       v[..., 2].amin(1, keepdim=True).expand_as(v[..., 0])], -1)
+    return (shift(pred) - shift(true)).norm(dim=-1).mean(1) / _box(landmarks)
+
+
+def _box(landmarks: Tensor) -> Tensor:
+    wh = landmarks[..., :2].amax(1) - landmarks[..., :2].amin(1)
+    return (wh[:, 0] * wh[:, 1]).sqrt()
+
+
+def _to_y_up(verts: Tensor) -> Tensor:
+    return verts * verts.new_tensor([1.0, -1.0, 1.0])
+
+
+def micc_point_to_plane(verts: Tensor, faces: Tensor, scan: Tensor, nose_tip: int = NOSE_TIP,
+                        crop_radius: float | None = 95.0) -> float:
+    """MICC-style error (module docstring): similarity-align the mesh (V, 3) to the scan (N, 3), crop the scan
+    around the aligned nose tip, align again, mean point-to-plane distance in scan units."""
+    src = verts.double()
+    dst = scan.double()
+
+    def init() -> RigidTransform:
+        s = (dst - dst.mean(0)).norm(dim=1).square().mean().sqrt() / (src - src.mean(0)).norm(dim=1).square().mean(
+            ).sqrt()
+        return RigidTransform(torch.eye(3, dtype=torch.float64)[None], (dst.mean(0) - s * src.mean(0))[None], s[None])
+
+    icp = rigid_icp(src, dst, None, initial=init(), method="point", scale=True, max_iterations=40)
+    if crop_radius is not None:
+        tip = icp.aligned[nose_tip]
+        keep = (dst - tip).norm(dim=1) <= crop_radius
+        if keep.sum() >= 10:
+            dst = dst[keep]
+            icp = rigid_icp(src, dst, None, initial=icp.transform, method="point", scale=True, max_iterations=20)
+    return float(scan_to_mesh_distance(dst, icp.aligned, faces, kind="plane").mean())
+
+
+# ------------------------------------------------------------------------------------------------ synthetic
+def _batches(ds, batch_size: int):
+    for i in range(0, len(ds), batch_size):
+        yield AsmSample.collate(ds.__getitems__(list(range(i, min(i + batch_size, len(ds))))))
+
+
+def evaluate_synthetic(predictor: GeometryPredictor, num_images: int = 64, batch_size: int = 16, seed: int = 0,
+                       texture: TextureScorer | None = None, icp_images: int = 8) -> DualStreamEvaluation:
+    """The held-out synthetic world (module docstring); the mean-ASM baseline beside every geometry number."""
+    hp = predictor.module.hparams
+    ds = SyntheticAsmDataset(num_images, "test", seed=seed, model_path=hp.model_path, image_size=hp.image_size,
+                             uv_size=hp.uv_size, render_wrinkles=False)
+    codec, kp, faces = predictor.module.codec, predictor.keypoints, predictor.faces
+    batches = list(_batches(ds, batch_size))
+    truth = AsmSample.collate([s for b in batches for s in (AsmSample(**{k: v[i] for k, v in vars(b).items()})
+                                                            for i in range(b.image.shape[0]))])
+    preds = [predictor(b.image) for b in batches]
+    pos_full = torch.cat([p.pos_full for p in preds])
+    verts = torch.cat([p.verts for p in preds])
+    true_verts = codec.to_vertices(truth.asm_full)
+    mean_full = truth.asm_full.mean(0, keepdim=True).expand_as(truth.asm_full)
+    mean_verts = codec.to_vertices(mean_full)
+    face = (truth.weight_mask > 0).to(pos_full.dtype)
+    asm_err = lambda p: ((p - truth.asm_full).norm(dim=1, keepdim=True) * face).flatten(1).sum(1) / face.flatten(  # noqa: E731
+        1).sum(1)
+    yaw = _yaw_degrees(truth.pose)
+    res = DualStreamEvaluation("synthetic")
+    res.add("ASM error (full map)", float(asm_err(pos_full).mean()), "px", mean_asm=float(asm_err(mean_full).mean()))
+    res.add("vertex error", float((verts - true_verts).norm(dim=-1).mean()), "px",
+            mean_asm=float((mean_verts - true_verts).norm(dim=-1).mean()))
+    nme = landmark_nme(verts[:, kp], truth.landmarks, "bbox")
+    nme_mean = landmark_nme(mean_verts[:, kp], truth.landmarks, "bbox")
+    _add_nme(res, "NME 68", nme, nme_mean, yaw)
+    _add_nme(res, "NME dense", _dense_nme(verts, true_verts, truth.landmarks),
+             _dense_nme(mean_verts, true_verts, truth.landmarks), yaw)
+    n = min(icp_images, verts.shape[0])
+    p2p = [micc_point_to_plane(verts[i], faces, true_verts[i], crop_radius=None) for i in range(n)]
+    p2p_mean = [micc_point_to_plane(mean_verts[i], faces, true_verts[i], crop_radius=None) for i in range(n)]
+    res.add("point-to-plane after ICP (true mesh)", sum(p2p) / n, "px", mean_asm=sum(p2p_mean) / n)
+    _add_texture(res, texture, batches, preds)
+    return res
+
+
+def _add_nme(res: DualStreamEvaluation, name: str, nme: Tensor, base: Tensor, yaw: Tensor) -> None:
+    ours, mean = yaw_binned_mean(nme, yaw), yaw_binned_mean(base, yaw)
+    res.add(f"{name} (yaw-balanced)", ours.balanced_mean, "", mean_asm=mean.balanced_mean)
+    for (lo, hi), v, b, c in zip(zip(ours.edges, ours.edges[1:]), ours.per_bin, mean.per_bin, ours.counts,
+                                 strict=True):
+        res.add(f"{name} yaw [{lo:.0f}, {hi:.0f}] (n={c})", v, "", mean_asm=b)
+
+
+def _add_texture(res: DualStreamEvaluation, texture: TextureScorer | None, batches, preds) -> None:
+    if texture is None:
+        res.add("texture MAE", None, "[0, 1] (needs the texture stream)")
+        res.add("photometric error", None, "0..255 (needs the texture stream)")
+        return
+    scores = [texture(b.image, b, p) for b, p in zip(batches, preds, strict=True)]
+    res.add("texture MAE", float(torch.cat([s[0] for s in scores]).mean()), "[0, 1]")
+    res.add("photometric error", float(torch.cat([s[1] for s in scores]).mean()), "0..255")
+
+
+# ------------------------------------------------------------------------------------------------ folders
+def _image_pairs(root: Path, suffixes: tuple[str, ...], what: str) -> tuple[list[tuple[Path, Path]], list[str]]:
+    if not root.is_dir():
+        raise MissingAssetError(f"{what} folder not found: {root}")
+    pairs, skipped = [], []
+    for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        other = next((image.with_suffix(s) for s in suffixes if image.with_suffix(s).is_file()), None)
+        if other is None:
+            skipped.append(f"{image}: no {'/'.join(suffixes)} beside it")
+        else:
+            pairs.append((image, other))
+    return pairs, skipped
+
+
+def _crop(image_path: Path, points: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    img = torch.from_numpy(read_image(image_path)).permute(2, 0, 1).float() / 255.0
+    mat = keypoint_crop(points, size)
+    return warp_crop(img[None], mat[None], size)[0].clamp(0, 1), mat
+
+
+def evaluate_aflw2000(predictor: GeometryPredictor, root: str | Path, num_images: int | None = None,
+                      bfm_path: str | None = None) -> DualStreamEvaluation:
+    """AFLW2000-3D (module docstring): 68-point NME with yaw bins, and the dense NME with ``bfm_path``."""
+    pairs, skipped = _image_pairs(Path(root).expanduser(), (".mat",), "AFLW2000-3D")
+    bfm = read_face3d_bfm(bfm_path) if bfm_path else None
+    if bfm is not None and bfm.shape_mu.numel() // 3 != predictor.module.codec.mapper.num_verts:
+        raise ValueError(f"--bfm-path {bfm_path}: {bfm.shape_mu.numel() // 3} vertices, the network's topology has "
+                         f"{predictor.module.codec.mapper.num_verts}: the dense NME needs the same topology")
+    res = DualStreamEvaluation("aflw2000", skipped=skipped)
+    nme, dense, yaws, size = [], [], [], predictor.image_size
+    for image_path, mat_path in pairs[:num_images]:
+        try:
+            rec = read_300wlp_mat(mat_path, require_shape=False)
+            if rec.pt3d_68 is None:
+                raise AssetFormatError(f"{mat_path}: key `pt3d_68` is missing (AFLW2000-3D layout)")
+            gt = rec.pt3d_68.reshape(3, 68).T  # (68, 3), image pixels (integer centres)
+            crop, mat = _crop(image_path, gt[:, :2] + 0.5, size)
+        except (AssetFormatError, MissingAssetError, OSError, ValueError) as exc:
+            res.skipped.append(str(exc))
+            continue
+        pred = predictor(crop[None])
+        lmk = transform_points(gt[:, :2] + 0.5, mat)[None]
+        nme.append(landmark_nme(pred.verts[:, predictor.keypoints], lmk, "bbox"))
+        yaws.append(torch.rad2deg(rec.pose_para[1:2]))
+        if bfm is not None and rec.shape_para is not None:
+            h = read_image(image_path).shape[0]
+            v = image_vertices(bfm.vertices(_pad(rec.shape_para, bfm.shape_pc.shape[1]),
+                                            _pad(rec.exp_para, bfm.exp_pc.shape[1])), rec.pose_para, h)
+            v = torch.cat([transform_points(v[:, :2], mat), v[:, 2:] * float(mat[0, :2].norm())], 1)
+            dense.append(_dense_nme(pred.verts, v[None], lmk))
+    if not nme:
+        raise MissingAssetError(f"no usable AFLW2000-3D image + .mat pairs under {root} ({len(res.skipped)} skipped)")
+    yaw = torch.cat(yaws)
+    binned = yaw_binned_mean(torch.cat(nme), yaw)
+    res.add("NME 68 (yaw-balanced)", binned.balanced_mean)
+    for (lo, hi), v, c in zip(zip(binned.edges, binned.edges[1:]), binned.per_bin, binned.counts, strict=True):
+        res.add(f"NME 68 yaw [{lo:.0f}, {hi:.0f}] (n={c})", v)
+    if dense:
+        res.add("NME dense (yaw-balanced)", yaw_binned_mean(torch.cat(dense), yaw[: len(dense)]).balanced_mean)
+    else:
+        res.add("NME dense (yaw-balanced)", None, "needs --bfm-path and Shape_Para / Exp_Para")
+    return res
+
+
+def _pad(x: Tensor, k: int) -> Tensor:
+    return torch.nn.functional.pad(x, (0, k - x.numel()))
+
+
+def read_scan(path: str | Path) -> tuple[Tensor, Tensor]:
+    """A scan mesh (OBJ / PLY / OFF / STL via trimesh) -> vertices (N, 3), faces (F, 3)."""
+    import trimesh
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MissingAssetError(f"scan not found: {p}")
+    try:
+        mesh = trimesh.load(p, force="mesh", process=False)
+    except Exception as exc:
+        raise AssetFormatError(f"{p}: not a readable mesh: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(mesh, "vertices") or len(mesh.vertices) < 10:
+        raise AssetFormatError(f"{p}: the scan has {len(getattr(mesh, 'vertices', []))} vertices (need >= 10)")
+    return torch.as_tensor(mesh.vertices, dtype=torch.float32), torch.as_tensor(mesh.faces, dtype=torch.long)
+
+
+def evaluate_micc(predictor: GeometryPredictor, root: str | Path, num_images: int | None = None,
+                  crop_radius: float = 95.0, detector=None) -> DualStreamEvaluation:
+    """Images beside scans (module docstring). Faces are cropped with the landmark box of ``detector``
+    (``image (H, W, 3) uint8 -> (68, 2)`` pixels; default: :func:`facelab.data.landmarks` mediapipe when
+    installed, else the centre square)."""
+    pairs, skipped = _image_pairs(Path(root).expanduser(), _SCAN_SUFFIXES, "MICC")
+    res = DualStreamEvaluation("micc", skipped=skipped)
+    errors = []
+    for image_path, scan_path in pairs[:num_images]:
+        try:
+            scan, _ = read_scan(scan_path)
+            img = read_image(image_path)
+        except (AssetFormatError, MissingAssetError, OSError, ValueError) as exc:
+            res.skipped.append(str(exc))
+            continue
+        h, w = img.shape[:2]
+        pts = detector(img) if detector is not None else torch.tensor([[w * 0.2, h * 0.2], [w * 0.8, h * 0.8]])
+        crop, _ = _crop(image_path, torch.as_tensor(pts, dtype=torch.float32), predictor.image_size)
+        pred = predictor(crop[None])
+        errors.append(micc_point_to_plane(_to_y_up(pred.verts[0]), predictor.faces, scan, crop_radius=crop_radius))
+    if not errors:
+        raise MissingAssetError(f"no usable image + scan pairs under {root} ({len(res.skipped)} skipped)")
+    res.add("point-to-plane after ICP (scan)", sum(errors) / len(errors), "scan units (MICC: mm)")
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ entry
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--aflw-root", default=None, help="AFLW2000-3D folder (--data aflw2000)")
+    parser.add_argument("--bfm-path", default=None, help="face3d BFM.mat, for the dense AFLW2000-3D NME")
+    parser.add_argument("--micc-root", default=None, help="folder of NAME.jpg + NAME.obj scans (--data micc)")
+    parser.add_argument("--crop-radius", type=float, default=95.0, help="MICC scan crop around the nose tip (mm)")
+    parser.add_argument("--model-path", default="synthetic", help="--init: the BFM (default: synthetic stand-in)")
+    parser.add_argument("--uv-size", type=int, default=256, help="--init: ASM side")
+    parser.add_argument("--width", type=float, default=1.0, help="--init: encoder / decoder channel multiplier")
+
+
+def run(request: EvaluateRequest, options: argparse.Namespace) -> DualStreamEvaluation:
+    """The :class:`facelab.methods.EvaluateEntry` callable."""
+    predictor = load_predictor(request, options)
+    if request.data == "synthetic":
+        return evaluate_synthetic(predictor, request.num_images, request.batch_size, request.seed or 0)
+    if request.data == "aflw2000":
+        if options.aflw_root is None:
+            raise ValueError("--data aflw2000 needs --aflw-root (AFLW2000-3D from the 3DDFA project page)")
+        return evaluate_aflw2000(predictor, options.aflw_root, request.num_images, options.bfm_path)
+    if options.micc_root is None:
+        raise ValueError("--data micc needs --micc-root (images beside their scans)")
+    return evaluate_micc(predictor, options.micc_root, request.num_images, options.crop_radius)
+
+
+evaluate_entry = EvaluateEntry(run=run, add_arguments=add_arguments, data=("synthetic", "aflw2000", "micc"))
