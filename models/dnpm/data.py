@@ -116,7 +116,7 @@ class FaceScapeFormat:
 
     def to_mm(self, raw: np.ndarray) -> np.ndarray:
         """uint16 values -> float32 millimetres."""
-        return ((raw.astype(np.float32) - self.neutral) * np.float32(self.mm_at_full_scale / self.neutral))
+        return ((raw.astype(np.float64) - self.neutral) * (self.mm_at_full_scale / self.neutral)).astype(np.float32)
 
 
 #: FaceScape's displacement maps as distributed.
@@ -172,12 +172,12 @@ def read_displacement_png(path: str | os.PathLike, fmt: FaceScapeFormat = FACESC
 def crop_resize(mm: np.ndarray | Tensor, fmt: FaceScapeFormat, resolution: int) -> Tensor:
     """(S, S) millimetres -> (R, R) float32: the face crop, area-averaged (an exact box filter of the float map)."""
     x0, y0, x1, y1 = fmt.crop
-    face = torch.as_tensor(mm)[y0:y1, x0:x1].float()
+    face = torch.as_tensor(mm)[y0:y1, x0:x1].double()  # float64 sums: no error above the 16-bit quantum
     if face.shape[0] < resolution or face.shape[1] < resolution:
         out = F.interpolate(face[None, None], size=(resolution, resolution), mode="bilinear", align_corners=False)
     else:
         out = F.interpolate(face[None, None], size=(resolution, resolution), mode="area")
-    return out[0, 0]
+    return out[0, 0].float()
 
 
 def load_facescape_map(path: str | os.PathLike, resolution: int, fmt: FaceScapeFormat = FACESCAPE) -> Tensor:
