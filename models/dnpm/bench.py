@@ -8,8 +8,9 @@ backward of the generator (``G(z)`` with mapping, random noise, loss ``mean(G(z)
 (``D(x).sum()`` on a (B, C, R, R) batch), each with ``--channel-base`` / ``--channel-max`` (default 8192 / 256, the
 CPU-sized default of :class:`facelab.nn.Generator`; the paper's 1024^2 model uses 32768 / 512). The generator is
 timed with both forms of the modulated convolution (``G/grouped``: one grouped conv per layer; ``G/nonfused``:
-activation scaling around one shared conv, StyleGAN2's training path). ``kimg_per_s`` = thousands of images per
-second of that pass (a training step runs G forward+backward on about 1.5 B and D forward+backward on 2 B).
+activation scaling around one shared conv, StyleGAN2's training path and the Generator's default in training
+mode). ``kimg_per_s`` = thousands of images per second of that pass (a training step runs G forward+backward on
+about 1.5 B and D forward+backward on 2 B).
 
 **Modulated convolution** (``--modconv-shapes`` CHANNELSxSIDE, default 128x16, 64x32, 32x64: I = O channels,
 3x3, demodulated; ``--modconv-batch`` 32, the paper's minibatch):
@@ -92,7 +93,8 @@ def network_rows(resolution: int, device: str, args: argparse.Namespace) -> list
     """G (grouped and non-fused modulated convs) and D forward+backward at one resolution."""
     torch.manual_seed(args.seed)
     widths = dict(channel_base=args.channel_base, channel_max=args.channel_max)
-    g = Generator(resolution, args.channels, z_dim=args.z_dim, w_dim=args.z_dim, **widths).to(device)
+    g = Generator(resolution, args.channels, z_dim=args.z_dim, w_dim=args.z_dim, fused_modconv=True,
+                  **widths).to(device)
     g_nonfused = Generator(resolution, args.channels, z_dim=args.z_dim, w_dim=args.z_dim, fused_modconv=False,
                            **widths).to(device)
     g_nonfused.load_state_dict(g.state_dict())

@@ -191,7 +191,7 @@ class SynthesisLayer(nn.Module):
     noise_const: Tensor
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, upsample: bool = False,
-                 fused: bool = True) -> None:
+                 fused: bool | None = None) -> None:
         super().__init__()
         self.resolution = resolution
         self.conv = ModulatedConv2d(in_channels, out_channels, 3, w_dim, upsample=upsample, fused=fused)
@@ -217,7 +217,7 @@ class ToOut(nn.Module):
         ``forward(x (B, I, H, W), w (B, D)) -> (B, C, H, W)``.
     """
 
-    def __init__(self, in_channels: int, channels: int, w_dim: int, fused: bool = True) -> None:
+    def __init__(self, in_channels: int, channels: int, w_dim: int, fused: bool | None = None) -> None:
         super().__init__()
         self.conv = ModulatedConv2d(in_channels, channels, 1, w_dim, demodulate=False, fused=fused)
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -240,7 +240,7 @@ class SynthesisBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, channels: int,
-                 fused: bool = True) -> None:
+                 fused: bool | None = None) -> None:
         super().__init__()
         self.resolution = resolution
         if resolution == 4:
@@ -276,14 +276,15 @@ class SynthesisNetwork(nn.Module):
         w_dim: style size ``D``.
         channel_base: width numerator (StyleGAN2 paper configs: 32768).
         channel_max: widest block (512).
-        fused: grouped-convolution modulated convs (True) or the equivalent non-fused form.
+        fused: modulated convs as grouped convolutions (True), in the equivalent non-fused form (False), or None:
+            non-fused in training mode, grouped in eval mode (NVlabs' rule; see :class:`ModulatedConv2d`).
 
     Shapes:
         ``forward(ws (B, L, D)) -> (B, C, R, R)``.
     """
 
     def __init__(self, resolution: int, channels: int = 1, w_dim: int = 512, channel_base: int = 8192,
-                 channel_max: int = 256, fused: bool = True) -> None:
+                 channel_max: int = 256, fused: bool | None = None) -> None:
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
@@ -351,7 +352,10 @@ class Generator(nn.Module):
         channel_max: widest block.
         mapping_lr_multiplier: the mapping network's learning-rate multiplier (0.01).
         w_avg_beta: EMA decay of the tracked mean w (0.995).
-        fused_modconv: grouped-convolution modulated convs (True) or the equivalent non-fused form.
+        fused_modconv: modulated convs as grouped convolutions (True), in the equivalent non-fused form (False:
+            input scaled by the styles, one shared convolution, output scaled by the demodulation), or None (default):
+            non-fused in training mode, grouped in eval mode, as NVlabs does. Same result; measured on CPU
+            (``facelab bench dnpm``) the non-fused form trains the 64^2 generator 2.3x faster.
 
     Attributes:
         n_latent: number of styles ``L = 2 log2(R) - 2``.
@@ -363,7 +367,8 @@ class Generator(nn.Module):
 
     def __init__(self, resolution: int, channels: int = 1, z_dim: int = 512, w_dim: int = 512,
                  mapping_layers: int = 8, channel_base: int = 8192, channel_max: int = 256,
-                 mapping_lr_multiplier: float = 0.01, w_avg_beta: float = 0.995, fused_modconv: bool = True) -> None:
+                 mapping_lr_multiplier: float = 0.01, w_avg_beta: float = 0.995,
+                 fused_modconv: bool | None = None) -> None:
         super().__init__()
         self.resolution, self.channels, self.z_dim, self.w_dim = resolution, channels, z_dim, w_dim
         self.channel_base, self.channel_max = channel_base, channel_max
