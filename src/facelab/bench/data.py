@@ -76,14 +76,20 @@ def _detail_rows(args: argparse.Namespace) -> list[BenchRow]:
         dataset = SyntheticDisplacementDataset(num_identities=(n + 2) * b, expressions_per_identity=20,
                                                resolution=resolution)
         for workers in args.workers:
+            cpu = time.process_time()
             elapsed = _measured(workers, args.threads, partial(_throughput, dataset, workers, b, n,
                                                                DisplacementSample.collate, shuffle=True))
-            peak = math.nan
+            cpu = time.process_time() - cpu
+            peak, per_cpu_s = math.nan, math.nan
             if workers == 0:
+                # maps per CPU-second of the one generating thread (first batch included): what one worker on an
+                # otherwise idle core delivers, whatever else loads the machine
+                per_cpu_s = (n + 1) * b / cpu if args.threads == 1 else math.nan
                 peak = peak_memory_mb(partial(_throughput, dataset, 0, b, 1, DisplacementSample.collate), "cpu")
             rows.append(BenchRow("data", f"detail_maps_{resolution}", "cpu", b, elapsed / n * 1e3, n * b / elapsed,
                                  peak, extra={"num_workers": workers, "threads": args.threads if workers == 0 else 1,
-                                              "image_size": resolution, "sequence_length": 0}))
+                                              "image_size": resolution, "sequence_length": 0,
+                                              "items_per_cpu_s": per_cpu_s}))
     return rows
 
 

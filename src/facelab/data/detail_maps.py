@@ -165,7 +165,10 @@ class DisplacementSample:
     @classmethod
     def collate(cls, samples: list[DisplacementSample]) -> DisplacementBatch:
         """Stack samples into a :class:`DisplacementBatch`."""
-        stack = {f: torch.stack([getattr(s, f) for s in samples]) for f in ("map", "identity", "expression", "mask")}
+        stack = {f: torch.stack([getattr(s, f) for s in samples]) for f in ("map", "identity", "expression")}
+        first = samples[0].mask
+        same = all(s.mask is first for s in samples)  # one UV layout (the synthetic world): a view, not B copies
+        stack["mask"] = first.expand(len(samples), *first.shape) if same else torch.stack([s.mask for s in samples])
         return DisplacementBatch(**stack, key=[s.key for s in samples],
                                  subject=torch.tensor([s.subject for s in samples]))
 
