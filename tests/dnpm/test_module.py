@@ -125,28 +125,64 @@ def test_maps_of_batch_and_wrong_resolution():
         module.training_step(batches(1, res=32)[0], 0)
 
 
+SMALL_GAN = ["--model.init_args.channel_base=512", "--model.init_args.channel_max=32", "--model.init_args.z_dim=32",
+             "--model.init_args.w_dim=32", "--model.init_args.mapping_layers=2", "--model.init_args.render_size=32",
+             "--data.init_args.num_train=4", "--data.init_args.num_val=2",
+             "--data.init_args.expressions_per_identity=2",
+             "--data.init_args.batch_size=4", "--data.init_args.stat_samples=8"]
+SMALL_D3 = ["--model.init_args.hidden=[32,32,32,32,32]", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1", "--data.init_args.num_train=4", "--data.init_args.num_val=2",
+            "--data.init_args.expressions_per_identity=2", "--data.init_args.batch_size=4",
+            "--data.init_args.stat_samples=8"]
+
+
+def test_configs_train_in_process(tmp_path, capsys):
+    """``configs/dnpm.yaml`` trains a few steps (every trainable parameter gets a gradient) and its checkpoint starts
+    ``configs/dnpm_detailed3dmm.yaml`` (which refuses to start without one and warns about the random LPIPS)."""
+    from facelab.cli.train import FacelabCLI
+
+    logs = f"--trainer.logger.init_args.save_dir={tmp_path}"
+    recorder = GradientRecorder()
+    cli = FacelabCLI(args=["--config", str(REPO / "configs" / "dnpm.yaml"), *SMALL_GAN, logs, "--trainer.max_steps=12",
+                           f"--trainer.default_root_dir={tmp_path}"], run=False)
+    cli.trainer.callbacks.append(recorder)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert cli.model.progress.nimg > 0 and cli.model.map_scale_mm == pytest.approx(cli.datamodule.scale_mm)
+    assert {n for n, p in cli.model.named_parameters() if p.requires_grad} - recorder.names == set()
+    ckpt = tmp_path / "gan.ckpt"
+    cli.trainer.save_checkpoint(ckpt)
+    d3 = ["--config", str(REPO / "configs" / "dnpm_detailed3dmm.yaml"), *SMALL_D3, logs]
+    with pytest.raises(ValueError, match="init_ckpt"):
+        FacelabCLI(args=d3, run=False)
+    capsys.readouterr()
+    cli = FacelabCLI(args=[*d3, f"--model.init_args.init_ckpt={ckpt}"], run=False)
+    assert "`model.init_args.lpips_weights`" in capsys.readouterr().err
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert torch.isfinite(torch.as_tensor(cli.trainer.callback_metrics["val/psnr"]))
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     cli = Path(sys.executable).parent / "lightning-cli"
     env = {k: v for k, v in os.environ.items() if k != "FACELAB_LOG_LEVEL"} | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(cli), "fit", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run([str(cli), "fit", *args], cwd=cwd, capture_output=True, text=True, timeout=1200, env=env)
 
 
-def test_lightning_cli_chains_the_gan_and_detailed3dmm_configs(tmp_path):
-    """``configs/dnpm.yaml`` trains a few steps; its checkpoint starts ``configs/dnpm_detailed3dmm.yaml``, which
-    refuses to start without it and warns about the random LPIPS trunk."""
-    small = ["--model.init_args.channel_base=512", "--model.init_args.channel_max=32", "--model.init_args.z_dim=32",
-             "--model.init_args.w_dim=32", "--model.init_args.render_size=32", "--trainer.max_steps=6",
-             "--data.init_args.num_identities=4", "--data.init_args.expressions_per_identity=2"]
-    proc = _cli("--config", str(REPO / "configs" / "dnpm.yaml"), *small, cwd=tmp_path)
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 2])
+def test_lightning_cli_chains_the_stages(tmp_path, devices):
+    """The quick-start chain through ``lightning-cli`` (one process, and DDP over two CPU processes with gloo):
+    ``configs/dnpm.yaml`` for a few steps, then ``configs/dnpm_detailed3dmm.yaml`` from its checkpoint; rank 0
+    alone writes the logs (one TensorBoard run per stage)."""
+    ddp = [] if devices == 1 else ["--trainer.accelerator=cpu", "--trainer.devices=2",
+                                   "--trainer.strategy=ddp_find_unused_parameters_true"]
+    proc = _cli("--config", str(REPO / "configs" / "dnpm.yaml"), *SMALL_GAN, "--trainer.max_steps=12", *ddp,
+                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ckpt = next((tmp_path / "logs").rglob("last.ckpt"))
-    d3 = ["--config", str(REPO / "configs" / "dnpm_detailed3dmm.yaml"), "--trainer.max_epochs=1",
-          "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-          "--model.init_args.hidden=[32,32,32,32,32]",
-          "--data.init_args.num_identities=4", "--data.init_args.expressions_per_identity=2"]
-    proc = _cli(*d3, cwd=tmp_path)
-    assert proc.returncode != 0 and "init_ckpt" in proc.stderr
-    proc = _cli(*d3, f"--model.init_args.init_ckpt={ckpt}", cwd=tmp_path)
+    ckpt = next((tmp_path / "logs" / "dnpm").rglob("last.ckpt"))
+    proc = _cli("--config", str(REPO / "configs" / "dnpm_detailed3dmm.yaml"), *SMALL_D3, *ddp,
+                f"--model.init_args.init_ckpt={ckpt}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "`model.init_args.lpips_weights`" in proc.stderr
+    for stage in ("dnpm", "dnpm_detailed3dmm"):
+        runs = list((tmp_path / "logs" / stage).glob("version_*"))
+        assert len(runs) == 1 and len(list(runs[0].glob("events.*"))) == 1, runs  # no per-rank duplicates
     assert list((tmp_path / "logs" / "dnpm_detailed3dmm").rglob("last.ckpt"))
