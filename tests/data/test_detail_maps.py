@@ -115,7 +115,7 @@ def test_identity_to_detail_is_learnable():
 
 
 def test_lower_resolution_is_the_area_average(dataset):
-    flat = dataclasses.replace(DetailWorld(), grain_mm=0.0)
+    flat = dataclasses.replace(DetailWorld(), grain_mm=0.0, depth_range=[0.6, 1.5])  # a list, as YAML gives it
     coarse = SyntheticDisplacementDataset(num_identities=4, resolution=32, world=flat, model=dataset.model)
     fine = SyntheticDisplacementDataset(num_identities=4, resolution=64, world=flat, model=dataset.model)
     a = torch.stack([s.map for s in coarse.__getitems__([1, 2, 3])])

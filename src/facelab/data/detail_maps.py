@@ -433,7 +433,8 @@ _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _shared_map_model(model: MorphableModel, resolution: int, world: DetailWorld, depth: float,
                       width: float) -> DisplacementMapModel:
     per_model = _SHARED.setdefault(model, {})
-    key = (resolution, tuple(sorted(vars(world).items())), depth, width)
+    settings = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(vars(world).items()))
+    key = (resolution, settings, depth, width)
     if key not in per_model:
         per_model[key] = DisplacementMapModel(model, resolution, world, depth, width)
     return per_model[key]
