@@ -280,8 +280,9 @@ class TextureGenerator(nn.Module):
     The albedo map goes down through ``D = len(channels)`` strided layers (``e_1 .. e_D``) and back up through ``D``
     upsampling layers; the network has ``h = 2D`` layers and layer ``l`` is *added* to the input of layer ``h - l``
     (``d_l = up_l(d_{l+1} + e_l)``-style, channels mirrored, no concatenation). The outermost skip (layer 0, the
-    input map itself, to layer ``h``) makes the output ``I_ua + 0.5 tanh(.)`` clamped to [0, 1] with
-    ``input_skip`` (the generator predicts the correction to the linear albedo). An image encoder with the same
+    input map itself, to layer ``h``) makes the output ``sigmoid(logit(I_ua) + .)`` with ``input_skip`` (the
+    generator predicts the correction to the linear albedo, added in logit space so the output stays in (0, 1)
+    with gradients everywhere). An image encoder with the same
     widths gives the image features ``X_o`` per level (down to the deepest level SSRPM or SRSM reads); SSRPM
     runs on the features of level ``region_level`` (``X_o`` and the albedo encoder's ``X_u``); SRSM (or
     :class:`GlobalAdaIN` with ``stylization="adain"``) modulates the decoder features at ``stylize_levels``
@@ -296,7 +297,7 @@ class TextureGenerator(nn.Module):
         num_landmarks: landmark heatmap channels (68).
         hidden_channels: width of SSRPM's joint features and of SRSM's image activations.
         kappa_init: SSRPM's landmark-branch scale at initialisation (1e-2).
-        input_skip: the outermost additive skip (output = input map + correction).
+        input_skip: the outermost additive skip (output = ``sigmoid(logit(input map) + correction)``).
 
     Shapes:
         ``forward(albedo_map (B, 3, S, S), image (B, 3, H, W), heatmaps (B, L, H, W))`` -> ``(texture (B, 3, S, S)
@@ -380,6 +381,6 @@ class TextureGenerator(nn.Module):
                 x = self.stylize[str(level)](x, image_feats[level - 1], reg)
             x = self.decoder[level - 1](x)
         out = self.head(x)
-        if self.input_skip:  # layer 0 (the input map) -> layer h
-            return (albedo_map + 0.5 * torch.tanh(out)).clamp(0.0, 1.0), regions
-        return 0.5 * (torch.tanh(out) + 1.0), regions
+        if self.input_skip:  # layer 0 (the input map) -> layer h, added in logit space: smooth, stays in (0, 1)
+            return torch.sigmoid(torch.logit(albedo_map.clamp(1e-3, 1.0 - 1e-3)) + out), regions
+        return torch.sigmoid(out), regions

@@ -48,12 +48,15 @@ class MeshTopology:
         faces: (F_r, 3) long triangles indexing ``vertex_ids``' order.
         uv: (T_r, 2) UV coordinates in [0, 1], v up; (0, 2) without UVs.
         faces_uv: (F_r, 3) long per-corner indices into ``uv``; (0, 3) without UVs.
+        texture: the name of one of :attr:`Reconstruction.extra_images` that is this mesh's UV texture map: the
+            OBJ then references ``<face>_<mesh>.mtl`` -> ``<face>_<texture>.png``; None: an untextured OBJ.
     """
 
     vertex_ids: Tensor
     faces: Tensor
     uv: Tensor
     faces_uv: Tensor
+    texture: str | None = None
 
     @property
     def has_uv(self) -> bool:
@@ -111,6 +114,8 @@ class Reconstruction:
         overlay: (B, 3, S, S) the render blended over the crops.
         extra_images: name -> (B, 3, S, S) in [0, 1]: the method's other outputs per crop (written as
             ``<face>_<name>.png`` and, for videos, ``<stem>_<name>.mp4``); the same names for every batch.
+        extra_arrays: name -> (B, ...) the method's other per-face arrays, written as ``<face>_<name>.npy``
+            (images only; e.g. UV maps too large for the parameter files).
     """
 
     encoding: FaceEncoding
@@ -119,6 +124,7 @@ class Reconstruction:
     render_mask: Tensor
     overlay: Tensor
     extra_images: dict[str, Tensor] = field(default_factory=dict)
+    extra_arrays: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def verts(self) -> Tensor:

@@ -339,8 +339,14 @@ def _write_meshes(out: Path, name: str, verts: np.ndarray, reconstructor: Recons
     written = []
     for suffix, topo in reconstructor.meshes.items():
         uv = topo.uv.numpy() if topo.uv.numel() else None
+        mtl = None
+        if getattr(topo, "texture", None) is not None and uv is not None:
+            mtl = f"{name}_{suffix}.mtl"
+            (out / mtl).write_text(f"newmtl texture\nKd 1 1 1\nmap_Kd {name}_{topo.texture}.png\n")
+            written.append(mtl)
         write_obj(out / f"{name}_{suffix}.obj", verts[topo.vertex_ids.numpy()], topo.faces.numpy(), uv,
-                  topo.faces_uv.numpy() if uv is not None else None)
+                  topo.faces_uv.numpy() if uv is not None else None,
+                  **({"mtl": mtl, "material": "texture"} if mtl else {}))
         written.append(f"{name}_{suffix}.obj")
     return written
 
@@ -496,6 +502,9 @@ def _reconstruct_image(path: Path, stem: str, out: Path, reconstructor: Reconstr
             for key, extra in _extra_images(result, reconstructor).items():
                 _save_png(out / f"{name}_{key}.png", _uint8(extra[i]))
                 written.append(f"{name}_{key}.png")
+            for key, array in _extra_arrays(result, reconstructor).items():
+                np.save(out / f"{name}_{key}.npy", array[i].detach().float().cpu().numpy())
+                written.append(f"{name}_{key}.npy")
         renders.append(result.render.cpu())
         masks.append(result.render_mask.cpu())
     overlay = composite_overlays(image, torch.cat(renders), torch.cat(masks), np.stack([c.matrix for c in crops]))
@@ -514,6 +523,17 @@ def _extra_images(result: Reconstruction, reconstructor: Reconstructor) -> dict[
         if not key.replace("_", "").isalnum() or key in reserved:
             raise ValueError(f"extra image name {key!r}: use letters, digits and '_' (not {sorted(reserved)})")
     return result.extra_images
+
+
+def _extra_arrays(result: Reconstruction, reconstructor: Reconstructor) -> dict[str, torch.Tensor]:
+    """The method's extra arrays (``getattr``: reconstructions built before the field existed have none), names
+    checked like the images'."""
+    arrays = getattr(result, "extra_arrays", None) or {}
+    reserved = {"overlay", "params", *reconstructor.meshes, *result.extra_images}
+    for key in arrays:
+        if not key.replace("_", "").isalnum() or key in reserved:
+            raise ValueError(f"extra array name {key!r}: use letters, digits and '_' (not {sorted(reserved)})")
+    return arrays
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
