@@ -29,8 +29,18 @@ def test_fit_runs_both_phases(data, tmp_path):
     logged = trainer.logged_metrics
     assert torch.isfinite(logged["train/loss_total"]) and "val/asm_error_px" in logged
     assert "val/vertex_error_px" in logged and "val/loss_symmetry" in logged
-    ckpt = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=True)
+    path = next(tmp_path.rglob("*.ckpt"))
+    ckpt = torch.load(path, weights_only=True)
     assert any(k.startswith("stream.decoder_exp.") for k in ckpt["state_dict"])
+    # the checkpoint is what `facelab evaluate --method dualstream --ckpt` loads
+    import argparse
+
+    from dualstream.evaluate import load_predictor
+    from facelab.methods import EvaluateRequest
+
+    predictor = load_predictor(EvaluateRequest(ckpt=str(path)), argparse.Namespace())
+    same = predictor.module.stream.decoder_id.net[1].weight
+    assert torch.equal(same, module.stream.decoder_id.net[1].weight.cpu())
 
 
 @pytest.mark.parametrize("switches", [{}, {"expression_asm": False}, {"weight_mask": False},
