@@ -4,7 +4,8 @@ maps into a float cache for DNPM / Detailed3DMM training (:class:`dnpm.data.Disp
 
 For every ``<subject>/dpmap/<k>_<expression>.png`` (layout: :mod:`dnpm.data`): check that it is a 4096^2
 single-channel 16-bit PNG, convert to millimetres, crop FaceScape's face box, area-average to ``--resolution`` and
-store it as a float16 or float32 ``.npy``, with the subject's identity (50) and the map's expression (52) vectors in
+store it as a float16 or float32 ``.npy``, with the subject's identity (50; ``params/id.npy`` or its row of
+FaceScape's ``factors_id_847_50_52.npy`` given as ``--identity-factors``) and the map's expression (52) vectors in
 the index. The run is resumable (finished and skipped maps are not redone; files are written atomically), never
 writes inside the input, never stops on a bad file: every skipped file is listed with its reason in
 ``CACHE/report.json`` and summarised at the end.
@@ -24,6 +25,7 @@ from dnpm.data import (
     NUM_EXPRESSION,
     NUM_IDENTITY,
     DisplacementCacheWriter,
+    DisplacementFormatError,
     FaceScapeFormat,
     FaceScapeItem,
     load_facescape_map,
@@ -34,7 +36,7 @@ from facelab.cli.preprocess import check_output_location
 from facelab.data.detail_maps import MAX_RESOLUTION, MIN_RESOLUTION
 from facelab.data.image_io import DataError
 
-__all__ = ["add_arguments", "prepare_facescape", "run"]
+__all__ = ["add_arguments", "prepare_facescape", "read_identity_factors", "run"]
 
 HELP = "FaceScape displacement maps (16-bit PNG) -> a float cache of training-resolution maps with their vectors"
 
@@ -48,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=256, help="map side of the cache (32..1024; DNPM: 1024)")
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float32",
                         help="storage precision of the maps (float16: 11-bit mantissa, ~1e-4 mm at 1 mm)")
+    parser.add_argument("--identity-factors", default=None, metavar="FACTORS_NPY",
+                        help="FaceScape's factors_id_847_50_52.npy ((subjects, 50), row = subject number - 1): the "
+                             "identity of subjects without params/id.npy, standardised by the rows' mean and std")
     parser.add_argument("--no-params", action="store_true",
                         help="keep maps without identity/expression vectors (GAN training only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -58,15 +63,49 @@ def _settings(resolution: int, dtype: str, fmt: FaceScapeFormat) -> dict:
             "neutral": fmt.neutral, "mm_at_full_scale": fmt.mm_at_full_scale, "units": "mm"}
 
 
+def read_identity_factors(path: str | Path) -> np.ndarray:
+    """FaceScape's per-subject identity factors ``(subjects, 50)`` as standardised coefficients (the convention of
+    ``BilinearParams.identity``: offset from the rows' mean in units of their std).
+
+    Raises:
+        DisplacementFormatError: unreadable, wrong shape or non-finite.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DisplacementFormatError("missing_params", "no identity factors file", path)
+    try:
+        factors = np.load(path, allow_pickle=False).astype(np.float64)
+    except (OSError, ValueError, EOFError) as err:
+        raise DisplacementFormatError("bad_params", f"unreadable identity factors ({err})", path) from err
+    if factors.ndim != 2 or factors.shape[1] != NUM_IDENTITY or len(factors) < 2:
+        raise DisplacementFormatError("bad_params", f"identity factors must be (subjects, {NUM_IDENTITY}), got "
+                                      f"{factors.shape}", path)
+    if not np.isfinite(factors).all():
+        raise DisplacementFormatError("non_finite", "identity factors have NaN or infinite entries", path)
+    std = factors.std(axis=0)
+    return ((factors - factors.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
+def _identity(item: FaceScapeItem, factors: np.ndarray | None) -> np.ndarray:
+    """The subject's identity: ``params/id.npy``, else its row of the factors (subject ``n`` is row ``n - 1``)."""
+    if item.identity_path.is_file() or factors is None:
+        return read_vector(item.identity_path, NUM_IDENTITY, "identity vector")
+    row = int(item.subject) - 1 if item.subject.isdigit() else -1
+    if not 0 <= row < len(factors):
+        raise DisplacementFormatError("missing_params", f"no params/id.npy and subject '{item.subject}' is not a row "
+                                      f"of the identity factors (1..{len(factors)})", item.png)
+    return factors[row]
+
+
 def _process(item: FaceScapeItem, writer: DisplacementCacheWriter, resolution: int, dtype: str,
-             fmt: FaceScapeFormat, need_params: bool) -> None:
+             fmt: FaceScapeFormat, need_params: bool, factors: np.ndarray | None = None) -> None:
     identity = expression = None
     try:
         mm = load_facescape_map(item.png, resolution, fmt).numpy()  # the map's own problems are reported first
         if not np.isfinite(mm).all():
             raise DataError("non_finite", "non-finite values after resizing", item.png)
         try:
-            identity = read_vector(item.identity_path, NUM_IDENTITY, "identity vector")
+            identity = _identity(item, factors)
             expression = read_vector(item.expression_path, NUM_EXPRESSION, "expression vector")
         except DataError as err:
             if need_params or err.reason != "missing_params":
@@ -82,7 +121,8 @@ def _process(item: FaceScapeItem, writer: DisplacementCacheWriter, resolution: i
 
 
 def prepare_facescape(input_dir: str | Path, out: str | Path, resolution: int = 256, dtype: str = "float32",
-                      fmt: FaceScapeFormat = FACESCAPE, need_params: bool = True, progress: bool = True) -> dict:
+                      fmt: FaceScapeFormat = FACESCAPE, need_params: bool = True, progress: bool = True,
+                      identity_factors: str | Path | None = None) -> dict:
     """Build (or resume) a displacement cache; returns the report written to ``out/report.json``.
 
     Args:
@@ -93,6 +133,8 @@ def prepare_facescape(input_dir: str | Path, out: str | Path, resolution: int = 
         fmt: the PNG format (FaceScape's by default).
         need_params: skip maps without identity / expression vectors (``missing_params``).
         progress: a tqdm bar on stderr.
+        identity_factors: FaceScape's ``factors_id_*.npy`` for subjects without ``params/id.npy``
+            (:func:`read_identity_factors`).
 
     Raises:
         ValueError: bad settings, ``out`` inside the input, or a cache made with other settings.
@@ -106,11 +148,12 @@ def prepare_facescape(input_dir: str | Path, out: str | Path, resolution: int = 
         raise ValueError(f"--dtype must be float16 or float32, got {dtype}")
     out_path = check_output_location([input_dir], out)
     items = scan_facescape(input_dir)
+    factors = None if identity_factors is None else read_identity_factors(identity_factors)
     writer = DisplacementCacheWriter(out_path, _settings(resolution, dtype, fmt))
     todo = [i for i in items if not writer.is_done(i.key)]
     start = time.perf_counter()
     for item in tqdm(todo, disable=not progress, unit="map", desc="prepare dnpm", dynamic_ncols=True):
-        _process(item, writer, resolution, dtype, fmt, need_params)
+        _process(item, writer, resolution, dtype, fmt, need_params, factors)
     return writer.write_report(
         input=str(Path(input_dir).expanduser().resolve()), settings=_settings(resolution, dtype, fmt),
         last_run={"seconds": round(time.perf_counter() - start, 3), "new_items": len(todo),
@@ -120,7 +163,8 @@ def prepare_facescape(input_dir: str | Path, out: str | Path, resolution: int = 
 def run(options: argparse.Namespace) -> int:
     """``facelab prepare --method dnpm`` (``options`` from :func:`add_arguments`)."""
     report = prepare_facescape(options.input, options.out, options.resolution, options.dtype,
-                               need_params=not options.no_params, progress=not options.no_progress)
+                               need_params=not options.no_params, progress=not options.no_progress,
+                               identity_factors=getattr(options, "identity_factors", None))
     last = report["last_run"]
     print(f"prepare dnpm: {report['maps']} map(s) of {report['subjects']} subject(s), {report['items_skipped']} "
           f"skipped; this run: {last['new_items']} new file(s) in {last['seconds']:.1f} s, {last['already_done']} "

@@ -122,3 +122,23 @@ def test_run_on_full_size_facescape_maps(tmp_path, capsys):
     assert arr.shape == (50, 50)
     np.testing.assert_allclose(arr[:25], -0.914 / 4, atol=1e-6)  # 1900 px / 50 = 38 px per texel: exact rows
     np.testing.assert_allclose(arr[25:], 0.914 / 2, atol=1e-6)
+
+
+def test_identity_factors_fill_in_missing_identity_files(tmp_path):
+    rng = np.random.default_rng(2)
+    root = tmp_path / "fs"
+    write_subject(root, "2", ["1_neutral"], rng)
+    write_subject(root, "9", ["1_neutral"], rng)  # beyond the factors' rows
+    for subject in ("2", "9"):
+        (root / subject / "params" / "id.npy").unlink()
+    factors = rng.standard_normal((4, 50)) * 3 + 1
+    np.save(tmp_path / "factors_id_847_50_52.npy", factors)
+    report = prepare.prepare_facescape(root, tmp_path / "cache", 32, fmt=FMT, progress=False,
+                                       identity_factors=tmp_path / "factors_id_847_50_52.npy")
+    assert report["maps"] == 1 and report["skipped_by_reason"] == {"missing_params": 1}
+    identity = np.array(read_index(tmp_path / "cache")[0]["identity"])
+    expected = (factors[1] - factors.mean(0)) / factors.std(0)  # subject 2 = row 1, standardised
+    np.testing.assert_allclose(identity, expected, rtol=1e-5, atol=1e-5)
+    np.save(tmp_path / "bad.npy", np.full((4, 50), np.nan))
+    with pytest.raises(DisplacementFormatError, match="NaN"):
+        prepare.read_identity_factors(tmp_path / "bad.npy")
