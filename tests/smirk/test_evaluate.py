@@ -144,7 +144,7 @@ def test_cli_on_a_checkpoint_writes_json(tiny_ckpt, tmp_path, capsys):
 
 def test_cli_init_baseline(tmp_path):
     out = tmp_path / "init.json"
-    assert main(["evaluate", "--init", "--image-size", str(SIZE), *FAST, "--probe-faces", "0",
+    assert main(["evaluate", "--method", "smirk", "--init", "--image-size", str(SIZE), *FAST, "--probe-faces", "0",
                  "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["source"] == "init" and result["phase"] == "init" and result["probe"] is None
@@ -152,18 +152,18 @@ def test_cli_init_baseline(tmp_path):
 
 def test_cli_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "nope.ckpt"
-    assert main(["evaluate", "--ckpt", str(missing), *FAST]) == 2
+    assert main(["evaluate", "--method", "smirk", "--ckpt", str(missing), *FAST]) == 2
     first, *rest = capsys.readouterr().err.strip().splitlines()
     assert first.startswith("facelab evaluate: error: SMIRK checkpoint not found") and "nope.ckpt" in first
     assert "--ckpt" in " ".join(rest)  # MissingAssetError names the option that set the path
 
 
 def test_cli_rejects_another_image_size_and_non_checkpoints(tiny_ckpt, tmp_path, capsys):
-    assert main(["evaluate", "--ckpt", tiny_ckpt, "--image-size", "64", *FAST]) == 2
+    assert main(["evaluate", "--method", "smirk", "--ckpt", tiny_ckpt, "--image-size", "64", *FAST]) == 2
     assert "trained on 32x32" in capsys.readouterr().err
     plain = tmp_path / "weights.pt"
     torch.save({"a": torch.zeros(1)}, plain)
-    assert main(["evaluate", "--ckpt", str(plain), *FAST]) == 2
+    assert main(["evaluate", "--method", "smirk", "--ckpt", str(plain), *FAST]) == 2
     assert "not a Lightning checkpoint" in capsys.readouterr().err
 
 

@@ -127,8 +127,8 @@ def test_mismatched_n_expression_is_a_clear_error(checkpoints, tmp_path, capsys)
     image = tmp_path / "in" / "x.png"
     image.parent.mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
-    code = main(["reconstruct", "--ckpt", str(bad), "--input", str(image), "--out", str(tmp_path / "out"),
-                 "--no-progress", "--device", "cpu"])
+    code = main(["reconstruct", "--method", "smirk", "--ckpt", str(bad), "--input", str(image), "--out",
+                 str(tmp_path / "out"), "--no-progress", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("facelab reconstruct: error:") and "n_expression" in err
     assert "Traceback" not in err
@@ -138,7 +138,7 @@ def test_missing_and_unreadable_checkpoints_name_the_flag(checkpoints, tmp_path,
     image = tmp_path / "in" / "x.png"
     image.parent.mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
-    args = ["reconstruct", "--input", str(image), "--out", str(tmp_path / "out"), "--no-progress"]
+    args = ["reconstruct", "--method", "smirk", "--input", str(image), "--out", str(tmp_path / "out"), "--no-progress"]
     assert main([*args, "--ckpt", str(tmp_path / "missing.ckpt")]) == 2
     err = capsys.readouterr().err
     assert "SMIRK checkpoint not found" in err and "--ckpt" in err and "missing.ckpt" in err
@@ -369,6 +369,6 @@ def test_cli_real_photo_with_mtcnn_and_mediapipe(checkpoints, tmp_path, capsys):
     assert np.abs(np.asarray(doc["crop_matrix"]) @ centre - SIZE / 2).max() < 0.15 * SIZE
 
     # nothing reconstructed at all: exit code 1
-    assert main(["reconstruct", "--ckpt", str(checkpoints["pretrain"]), "--input", str(inputs / "gray.png"),
-                 "--out", str(tmp_path / "none"), "--device", "cpu", "--no-progress"]) == 1
+    assert main(["reconstruct", "--method", "smirk", "--ckpt", str(checkpoints["pretrain"]), "--input",
+                 str(inputs / "gray.png"), "--out", str(tmp_path / "none"), "--device", "cpu", "--no-progress"]) == 1
     assert "nothing was reconstructed" in capsys.readouterr().err
