@@ -339,6 +339,9 @@ class SmirkEncoder(nn.Module):
         pose_init_scale: the pose encoder's camera-scale bias at initialisation (:class:`PoseEncoder`
             ``init_scale``: 7 as the reference; the synthetic world frames heads at a scale of ~9.4, so
             ``configs/smirk_synthetic.yaml`` starts there).
+        inward_gradients: the expression encoder's jaw/eyelid clamps pass gradients that point back inside
+            their range (:class:`ExpressionEncoder`); False: the reference's hard clamps (YAML:
+            ``model.init_args.encoder.init_args.inward_gradients``).
     """
 
     def __init__(self, n_shape: int = 300, n_expression: int = 50, pose_pretrained_path: str | None = None,
@@ -346,7 +349,7 @@ class SmirkEncoder(nn.Module):
                  normalize_input: bool = True, channels_last: bool = True,
                  config_keys: tuple[str, str, str] = ("pose_pretrained_path", "shape_pretrained_path",
                                                       "expression_pretrained_path"),
-                 pose_init_scale: float = 7.0) -> None:
+                 pose_init_scale: float = 7.0, inward_gradients: bool = True) -> None:
         super().__init__()
         pose_key, shape_key, expression_key = config_keys
         self.pose_encoder = PoseEncoder(pose_pretrained_path, normalize_input, init_scale=pose_init_scale,
@@ -354,7 +357,8 @@ class SmirkEncoder(nn.Module):
         self.shape_encoder = ShapeEncoder(n_shape, shape_pretrained_path, normalize_input, channels_last,
                                           config_key=shape_key)
         self.expression_encoder = ExpressionEncoder(n_expression, expression_pretrained_path, normalize_input,
-                                                    channels_last=channels_last, config_key=expression_key)
+                                                    channels_last=channels_last, inward_gradients=inward_gradients,
+                                                    config_key=expression_key)
 
     def forward(self, image: Tensor) -> SmirkEncoding:
         """(B, 3, 224, 224) crops in [0, 1] -> :class:`SmirkEncoding`."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -172,3 +174,20 @@ def test_generator_is_the_core_unet_with_smirk_checkpoint_keys():
     expected |= {f"unet.res_blocks.{j}.body.{i}.{b}" for j in range(5) for i in (2, 6) for b in bn}
     expected |= {f"unet.{m}.{b}" for m in ("up.0", "up.1", "up.2", "up.3", "out") for b in ("weight", "bias")}
     assert set(generator.state_dict()) == expected
+
+
+def test_inward_gradients_switch_is_reachable_from_config():
+    """``model.init_args.encoder.init_args.inward_gradients`` reaches the expression encoder's clamps (issue 9)."""
+    import subprocess
+    import sys
+
+    from smirk.networks import SmirkEncoder
+
+    assert SmirkEncoder(inward_gradients=False).expression_encoder.inward_gradients is False
+    assert SmirkEncoder().expression_encoder.inward_gradients is True
+    out = subprocess.run([sys.executable, "-m", "facelab.cli.train", "fit", "--config", "configs/smirk_pretrain.yaml",
+                          "--config", "configs/smirk_synthetic.yaml",
+                          "--model.init_args.encoder.init_args.inward_gradients=false", "--print_config"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "inward_gradients: false" in out.stdout
