@@ -122,3 +122,12 @@ def test_float64():
     x, w = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
     y = NoiseInjection().double()(ModulatedConv2d(3, 4, 3, style_dim=5).double()(x, w))
     assert y.dtype == torch.float64 and minibatch_stddev(y, 2).dtype == torch.float64
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_modulated_conv_gradcheck(fused):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 2, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    styles = torch.randn(2, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: modulated_conv2d(*a, upsample=True, fused=fused), (x, weight, styles))
