@@ -19,6 +19,15 @@ from facelab.nn import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions: one intra-op thread avoids spin-waiting on a loaded machine (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def reference_modulated_conv(x, weight, styles, demodulate, upsample=False):
     """StyleGAN2 Eq. 1 and 3, one sample at a time."""
     outs = []
