@@ -25,7 +25,7 @@ from facelab.nn import (
     style_mix,
     update_ema,
 )
-from facelab.nn.stylegan2 import describe_state_dict, normalize_2nd_moment
+from facelab.nn.stylegan2 import DownConv2d, blur2d, describe_state_dict, normalize_2nd_moment
 
 TINY = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16)
 TINY_D = dict(channel_base=256, channel_max=16)
@@ -292,3 +292,12 @@ def test_float64_and_mbstd_batch_rule():
     assert out.dtype == torch.float64
     with pytest.raises(ValueError, match="divisible"):
         Discriminator(8, 1, **TINY_D)(torch.randn(6, 1, 8, 8))
+
+
+def test_resampling_filter_and_down_convs():
+    ones = torch.ones(1, 2, 8, 8)
+    blurred = blur2d(ones, padding=1)
+    assert blurred.shape == (1, 2, 7, 7)
+    torch.testing.assert_close(blurred[..., 1:-1, 1:-1], torch.ones(1, 2, 5, 5))  # unit DC gain ([1,3,3,1] / 8)
+    x = torch.randn(2, 3, 16, 16)
+    assert DownConv2d(3, 5, 3)(x).shape == (2, 5, 8, 8) and DownConv2d(3, 5, 1, bias=False)(x).shape == (2, 5, 8, 8)
