@@ -76,6 +76,7 @@ __all__ = [
     "FaceScapeFormat",
     "FaceScapeItem",
     "crop_uv",
+    "fit_bilinear_coefficients",
     "load_facescape_map",
     "read_displacement_png",
     "read_vector",
@@ -268,6 +269,69 @@ def scan_facescape(root: str | os.PathLike) -> list[FaceScapeItem]:
 def _natural(name: str) -> tuple:
     head = name.split("_", 1)[0]
     return (0, int(head), name) if head.isdigit() else (1, 0, name)
+
+
+# ------------------------------------------------------------------------------------------- bilinear coefficients
+@torch.no_grad()
+def fit_bilinear_coefficients(model, verts: Tensor, iterations: int = 10, ridge: float = 1e-3
+                              ) -> tuple[Tensor, Tensor, Tensor]:
+    """Identity and expression vectors of one subject's registered meshes (FaceScape's ``models_reg`` OBJs share the
+    bilinear model's topology and frame): alternating least squares on ``verts = (w_exp ⊗ w_id) core``.
+
+    The identity is shared by the subject's M meshes, each mesh has its own blendshape weights in [0, 1] (projected
+    least squares); a ridge term ``ridge * |id|^2`` (the identity prior in std units) keeps the identity finite when
+    few meshes constrain it.
+
+    Args:
+        model: a :class:`facelab.morphable.bilinear.BilinearModel` (FaceScape v1.6).
+        verts: (M, V, 3) the meshes in millimetres.
+        iterations: alternations (identity, then every mesh's expression).
+        ridge: weight of the identity prior.
+
+    Returns:
+        ``(identity (K_id,), expression (M, 52) with entry 0 = 1, rms (M,) fit error in mm)``.
+
+    Raises:
+        ValueError: a vertex count other than the model's, or non-finite vertices.
+    """
+    from scipy.optimize import lsq_linear
+
+    v = model.num_verts
+    if verts.dim() != 3 or verts.shape[1:] != (v, 3):
+        raise ValueError(f"meshes must be (M, {v}, 3) (the bilinear model's topology), got {tuple(verts.shape)}")
+    if not torch.isfinite(verts).all():
+        raise ValueError("meshes have non-finite vertices")
+    core = model.core.double().view(NUM_EXPRESSION, -1, 3 * v)  # (52, K, 3V)
+    k = model.num_id
+    mean, std = model.id_mean.double(), model.id_std.double()
+    target = verts.double().reshape(len(verts), -1)  # (M, 3V)
+    blend = target.new_zeros(len(verts), NUM_EXPRESSION - 1)
+    eye = torch.eye(k, dtype=target.dtype)
+    for _ in range(iterations):
+        # identity, shared by the meshes: normal equations accumulated mesh by mesh (no (M, K, 3V) tensor)
+        gram, rhs = ridge * eye, target.new_zeros(k)
+        for m in range(len(verts)):
+            w_exp = torch.cat([blend.new_ones(1), blend[m]])
+            basis = torch.einsum("e,ekx->kx", w_exp, core)  # (K, 3V): verts_m = w_id @ basis
+            design = basis[:k] * std[:k, None]  # coefficient -> coordinates
+            gram = gram + design @ design.T
+            rhs = rhs + design @ (target[m] - mean @ basis)
+        coeff = torch.linalg.solve(gram, rhs)
+        w_id = mean.clone()
+        w_id[:k] += coeff * std[:k]
+        shapes = torch.einsum("k,ekx->ex", w_id, core)  # (52, 3V): neutral + blendshape deltas of this identity
+        # bounded least squares (FaceScape's weights live in [0, 1]) on the 51 x 51 normal equations:
+        # |A b - y|^2 = |L^T b - L^-1 A^T y|^2 + const with A^T A = L L^T
+        a = shapes[1:].T
+        chol = torch.linalg.cholesky(a.T @ a + 1e-9 * torch.eye(a.shape[1], dtype=a.dtype))
+        rhs_b = torch.linalg.solve_triangular(chol, a.T @ (target - shapes[0]).T, upper=False)  # (51, M)
+        lt = chol.T.numpy()
+        blend = torch.from_numpy(np.stack([lsq_linear(lt, r, bounds=(0.0, 1.0), method="bvls").x
+                                           for r in rhs_b.T.numpy()]))
+    w_exp = torch.cat([blend.new_ones(len(verts), 1), blend], dim=1)
+    fitted = w_exp @ shapes
+    rms = (fitted - target).view(len(verts), v, 3).norm(dim=-1).pow(2).mean(dim=1).sqrt()
+    return coeff.float(), w_exp.float(), rms.float()
 
 
 # ------------------------------------------------------------------------------------------------------- the cache

@@ -36,7 +36,7 @@ from facelab.cli.preprocess import check_output_location
 from facelab.data.detail_maps import MAX_RESOLUTION, MIN_RESOLUTION
 from facelab.data.image_io import DataError
 
-__all__ = ["add_arguments", "prepare_facescape", "read_identity_factors", "run"]
+__all__ = ["MeshFitter", "add_arguments", "prepare_facescape", "read_identity_factors", "run"]
 
 HELP = "FaceScape displacement maps (16-bit PNG) -> a float cache of training-resolution maps with their vectors"
 
@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--identity-factors", default=None, metavar="FACTORS_NPY",
                         help="FaceScape's factors_id_847_50_52.npy ((subjects, 50), row = subject number - 1): the "
                              "identity of subjects without params/id.npy, standardised by the rows' mean and std")
+    parser.add_argument("--fit-model", default=None, metavar="BILINEAR_NPZ",
+                        help="FaceScape's bilinear model (facescape_bm_v1.6_*.npz): fit identity/expression vectors "
+                             "to <subject>/models_reg/<k>_<expression>.obj where params/*.npy are missing")
     parser.add_argument("--no-params", action="store_true",
                         help="keep maps without identity/expression vectors (GAN training only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -97,16 +100,75 @@ def _identity(item: FaceScapeItem, factors: np.ndarray | None) -> np.ndarray:
     return factors[row]
 
 
+class MeshFitter:
+    """Identity / expression vectors fitted to a subject's registered meshes (``<subject>/models_reg/<stem>.obj``),
+    one joint fit per subject (:func:`dnpm.data.fit_bilinear_coefficients`), remembered for its other maps.
+
+    Args:
+        model_path: FaceScape's bilinear model file (or ``"synthetic"``).
+        items: every map of the run (a subject's fit uses the meshes of all of its maps).
+    """
+
+    def __init__(self, model_path: str, items: list[FaceScapeItem]):
+        from facelab.morphable.bilinear import BilinearModel
+
+        self.model = BilinearModel(model_path).eval()
+        self.items = items
+        self.fits: dict[str, dict[str, tuple[np.ndarray, np.ndarray, float]]] = {}
+
+    @staticmethod
+    def mesh_path(item: FaceScapeItem) -> Path:
+        return item.png.parent.parent / "models_reg" / f"{item.stem}.obj"
+
+    def __call__(self, item: FaceScapeItem) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(identity (50,), expression (52,), rms mm)`` of ``item``.
+
+        Raises:
+            DisplacementFormatError: ``missing_params`` (no mesh), ``bad_params`` (another topology).
+        """
+        if item.subject not in self.fits:
+            self.fits[item.subject] = self._fit_subject(item.subject)
+        fit = self.fits[item.subject].get(item.stem)
+        if fit is None:
+            raise DisplacementFormatError("missing_params", f"no params/{item.stem}.npy and no mesh to fit",
+                                          self.mesh_path(item))
+        return fit
+
+    def _fit_subject(self, subject: str) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+        import torch
+
+        from dnpm.data import fit_bilinear_coefficients
+        from facelab.io.obj import read_obj_vertices
+
+        meshes = [i for i in self.items if i.subject == subject and self.mesh_path(i).is_file()]
+        if not meshes:
+            return {}
+        verts = []
+        for i in meshes:
+            v = read_obj_vertices(self.mesh_path(i))
+            if v.shape != (self.model.num_verts, 3):
+                raise DisplacementFormatError("bad_params", f"{len(v)} vertices; the bilinear model has "
+                                              f"{self.model.num_verts} (a FaceScape TU mesh is expected)",
+                                              self.mesh_path(i))
+            verts.append(v)
+        identity, expression, rms = fit_bilinear_coefficients(self.model, torch.from_numpy(np.stack(verts)))
+        return {i.stem: (identity.numpy(), expression[j].numpy(), float(rms[j])) for j, i in enumerate(meshes)}
+
+
 def _process(item: FaceScapeItem, writer: DisplacementCacheWriter, resolution: int, dtype: str,
-             fmt: FaceScapeFormat, need_params: bool, factors: np.ndarray | None = None) -> None:
+             fmt: FaceScapeFormat, need_params: bool, factors: np.ndarray | None = None,
+             fitter: MeshFitter | None = None) -> None:
     identity = expression = None
     try:
         mm = load_facescape_map(item.png, resolution, fmt).numpy()  # the map's own problems are reported first
         if not np.isfinite(mm).all():
             raise DataError("non_finite", "non-finite values after resizing", item.png)
         try:
-            identity = _identity(item, factors)
-            expression = read_vector(item.expression_path, NUM_EXPRESSION, "expression vector")
+            has_exp, has_id = item.expression_path.is_file(), item.identity_path.is_file() or factors is not None
+            fit = fitter(item) if fitter is not None and not (has_exp and has_id) else None  # (id, exp, rms)
+            identity = fit[0] if fit is not None and not has_id else _identity(item, factors)
+            expression = fit[1] if fit is not None and not has_exp else read_vector(
+                item.expression_path, NUM_EXPRESSION, "expression vector")
         except DataError as err:
             if need_params or err.reason != "missing_params":
                 raise
@@ -122,7 +184,7 @@ def _process(item: FaceScapeItem, writer: DisplacementCacheWriter, resolution: i
 
 def prepare_facescape(input_dir: str | Path, out: str | Path, resolution: int = 256, dtype: str = "float32",
                       fmt: FaceScapeFormat = FACESCAPE, need_params: bool = True, progress: bool = True,
-                      identity_factors: str | Path | None = None) -> dict:
+                      identity_factors: str | Path | None = None, fit_model: str | None = None) -> dict:
     """Build (or resume) a displacement cache; returns the report written to ``out/report.json``.
 
     Args:
@@ -135,6 +197,8 @@ def prepare_facescape(input_dir: str | Path, out: str | Path, resolution: int = 
         progress: a tqdm bar on stderr.
         identity_factors: FaceScape's ``factors_id_*.npy`` for subjects without ``params/id.npy``
             (:func:`read_identity_factors`).
+        fit_model: FaceScape's bilinear model: fit the vectors missing from ``params/`` to the subject's
+            ``models_reg`` meshes (:class:`MeshFitter`).
 
     Raises:
         ValueError: bad settings, ``out`` inside the input, or a cache made with other settings.
@@ -149,11 +213,12 @@ def prepare_facescape(input_dir: str | Path, out: str | Path, resolution: int = 
     out_path = check_output_location([input_dir], out)
     items = scan_facescape(input_dir)
     factors = None if identity_factors is None else read_identity_factors(identity_factors)
+    fitter = None if fit_model is None else MeshFitter(fit_model, items)
     writer = DisplacementCacheWriter(out_path, _settings(resolution, dtype, fmt))
     todo = [i for i in items if not writer.is_done(i.key)]
     start = time.perf_counter()
     for item in tqdm(todo, disable=not progress, unit="map", desc="prepare dnpm", dynamic_ncols=True):
-        _process(item, writer, resolution, dtype, fmt, need_params, factors)
+        _process(item, writer, resolution, dtype, fmt, need_params, factors, fitter)
     return writer.write_report(
         input=str(Path(input_dir).expanduser().resolve()), settings=_settings(resolution, dtype, fmt),
         last_run={"seconds": round(time.perf_counter() - start, 3), "new_items": len(todo),
@@ -164,7 +229,8 @@ def run(options: argparse.Namespace) -> int:
     """``facelab prepare --method dnpm`` (``options`` from :func:`add_arguments`)."""
     report = prepare_facescape(options.input, options.out, options.resolution, options.dtype,
                                need_params=not options.no_params, progress=not options.no_progress,
-                               identity_factors=getattr(options, "identity_factors", None))
+                               identity_factors=getattr(options, "identity_factors", None),
+                               fit_model=getattr(options, "fit_model", None))
     last = report["last_run"]
     print(f"prepare dnpm: {report['maps']} map(s) of {report['subjects']} subject(s), {report['items_skipped']} "
           f"skipped; this run: {last['new_items']} new file(s) in {last['seconds']:.1f} s, {last['already_done']} "
