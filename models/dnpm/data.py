@@ -22,10 +22,11 @@ Expected layout (what ``facelab prepare --method dnpm --input ROOT`` scans)::
 Where the vectors come from: the identity of FaceScape subject ``n`` is row ``n - 1`` of the bilinear model
 release's ``factors_id_847_50_52.npy`` (``--identity-factors``; standardised by the rows' mean and std, the
 convention of ``BilinearParams.identity``), or a ``params/id.npy`` of your own. FaceScape distributes no per-map
-expression vectors: fit them to the registered meshes of the same release (``<subject>/models_reg/<k>_<expression>
-.obj``, the bilinear model's topology) with FaceScape's toolkit fitter or the bilinear model v1.6
-(:class:`facelab.morphable.bilinear.BilinearModel`; :meth:`~BilinearModel.coefficients_from_factors` converts a
-fitter's ``w_id`` / ``w_exp``). Maps without their vectors are skipped with the reason ``missing_params`` (a
+expression vectors: ``--fit-model facescape_bm_v1.6_847_50_52_id_front.npz`` fits them (and the identity, shared by
+a subject's maps) to the registered meshes of the same release, ``<subject>/models_reg/<k>_<expression>.obj`` (the
+bilinear model's topology and frame; :func:`fit_bilinear_coefficients`, alternating least squares with blendshape
+weights bounded to [0, 1]); FaceScape's toolkit fitter works too (:meth:`BilinearModel.coefficients_from_factors`
+converts its ``w_id`` / ``w_exp``). Maps without their vectors are skipped with the reason ``missing_params`` (a
 GAN-only cache, which DNPM's StyleGAN2 needs, can be built with ``--no-params``).
 
 Cache (``facelab prepare --method dnpm``; :class:`DisplacementCacheWriter`, on :mod:`facelab.data.cache`)::
