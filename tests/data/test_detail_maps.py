@@ -157,3 +157,17 @@ def test_bad_inputs_raise_clear_errors(dataset):
         dataset.maps(torch.full((1, 50), float("nan")), full_expression(torch.zeros(1, 51)))
     with pytest.raises(IndexError):
         dataset[len(dataset)]
+
+
+def test_bench_rows_report_maps_per_second(dataset):
+    import argparse
+
+    from facelab.bench import data as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--skip-images", "--detail-resolutions", "32", "--workers", "0",
+                              "--detail-batches", "2", "--detail-batch-size", "4"])
+    rows = bench.run(args)
+    assert [r.impl for r in rows] == ["detail_maps_32"]
+    assert rows[0].items_per_s > 0 and rows[0].extra["items_per_cpu_s"] > 0 and rows[0].extra["image_size"] == 32
