@@ -201,7 +201,8 @@ class DisplacementBatch:
         return replace(self, **moved)
 
     def pin_memory(self) -> DisplacementBatch:
-        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
+        # an expanded (stride-0) mask cannot be pinned in place: pin a dense copy
+        return replace(self, **{f.name: getattr(self, f.name).contiguous().pin_memory() for f in fields(self)
                                 if isinstance(getattr(self, f.name), Tensor)})
 
     def normalized(self, scale_mm: float) -> DisplacementBatch:
@@ -501,11 +502,19 @@ class SyntheticDisplacementDataset(torch.utils.data.Dataset):
                                       self.scene.wrinkle_width)
         self._jaw = self.model.jaw_open_component  # (component, radians per unit)
         self._offset = head_expression_offset(self.model)
+        self.num_identity, self.num_expression = int(self.model.num_identity), int(self.model.num_expression)
         self._cache: OrderedDict[int, tuple[Tensor, IdentityDetail]] = OrderedDict()
         self._cache_size = max(1, int(cache_mb * 2**20 / (4 * self.resolution**2 + 1024)))
 
     def __len__(self) -> int:
         return self.num_identities * self.expressions_per_identity
+
+    def __getstate__(self) -> dict:
+        """Pickled for spawned workers without the bilinear model (its ~150 MB core; the maps need only
+        :attr:`maps`); ``model`` is None there."""
+        state = self.__dict__.copy()
+        state["model"], state["_cache"] = None, OrderedDict()
+        return state
 
     def _generator(self, *key: int) -> torch.Generator:
         state = np.random.SeedSequence([self.seed, SPLIT_OFFSETS[self.split], *key]).generate_state(2, np.uint32)
@@ -514,11 +523,11 @@ class SyntheticDisplacementDataset(torch.utils.data.Dataset):
     def identity(self, subject: int) -> Tensor:
         """(50,) identity coefficients of identity ``subject`` of this split."""
         g = self._generator(int(subject), 0)
-        return torch.randn(self.model.num_identity, generator=g) * self.scene.identity_scale
+        return torch.randn(self.num_identity, generator=g) * self.scene.identity_scale
 
     def _blendshapes(self, g: torch.Generator) -> Tensor:
         """(51,) one expression of the stand-in's prior (as the rendered synthetic world draws them)."""
-        s, k, off, n = self.scene, self.model.num_expression, self._offset, 28
+        s, k, off, n = self.scene, self.num_expression, self._offset, 28
         std = torch.full((k,), 0.25)
         std[off:off + n] = 1.0
         active = torch.ones(k, dtype=torch.bool)
@@ -531,7 +540,7 @@ class SyntheticDisplacementDataset(torch.utils.data.Dataset):
     def expression(self, subject: int, index: int) -> Tensor:
         """(52,) FaceScape expression vector of expression ``index`` of identity ``subject`` (single-map mode)."""
         if self.include_neutral and index == 0:
-            return full_expression(torch.zeros(self.model.num_expression))
+            return full_expression(torch.zeros(self.num_expression))
         return full_expression(self._blendshapes(self._generator(int(subject), 1 + int(index))))
 
     def sweep(self, subject: int, index: int = 0, length: int | None = None) -> Tensor:
@@ -541,7 +550,7 @@ class SyntheticDisplacementDataset(torch.utils.data.Dataset):
         step = max(1, self.scene.keyframe_interval)
         g = self._generator(int(subject), 10**6 + int(index))
         n_keys = (t_len - 1) // step + 2
-        keys = torch.stack([torch.zeros(self.model.num_expression)] +
+        keys = torch.stack([torch.zeros(self.num_expression)] +
                            [self._blendshapes(g) for _ in range(n_keys - 1)])
         t = torch.arange(t_len, dtype=torch.float32) / step
         lo = t.floor().long()
