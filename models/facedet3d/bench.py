@@ -29,6 +29,7 @@ peak memory of one call (CUDA: allocator peak; CPU: resident-set growth).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -224,11 +225,11 @@ def bench_rcan(args) -> list[BenchRow]:
     """RCAN x4 tiled upscaling: maps/s, tiles/s, peak memory."""
     from facedet3d.rcan import RCAN, upscale_tiled
 
-    net = (RCAN(num_groups=2, num_blocks=2) if args.small else RCAN()).to(args.device).eval()
+    net = (RCAN(features=16, n_groups=2, n_blocks=2) if args.small else RCAN()).to(args.device).eval()
     x = torch.randn(1, 1, args.rcan_size, args.rcan_size, device=args.device) * 0.3
     tile, overlap = args.rcan_tile, args.rcan_overlap
-    stride = tile - 2 * overlap if tile - 2 * overlap > 0 else tile
-    tiles = max(1, -(-args.rcan_size // stride)) ** 2
+    per_side = 1 if args.rcan_size <= tile else math.ceil((args.rcan_size - tile) / (tile - overlap)) + 1
+    tiles = per_side ** 2
 
     def call():
         with torch.inference_mode():

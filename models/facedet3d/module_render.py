@@ -274,8 +274,10 @@ class RenderModule(LightningModule):
         losses, image_fake = self.render_losses(rb, real, swapped)
         self.discriminator.requires_grad_(True)
         self.guarded_step(opt_r, losses, self.weights, self.grad_clip)
-        d_losses = self.discriminator_losses(rb, self.composite(real, rb.image))
-        self.guarded_step(opt_d, d_losses, self.weights)
+        d_losses = {}
+        if self.weights.d_adversarial or self.weights.d_au or self.weights.r1:
+            d_losses = self.discriminator_losses(rb, self.composite(real, rb.image))
+            self.guarded_step(opt_d, d_losses, self.weights)
         self._log_train({**losses, **d_losses}, rb.batch_size)
         writer = tensorboard_writer(self.logger, self.global_rank)
         if self.image_grid.due(self._batches_seen, writer):

@@ -15,6 +15,7 @@ from PIL import Image
 from facedet3d.animate import add_arguments, run
 from facedet3d.data import SyntheticDetailDataset
 from facedet3d.module_deth import DetHModule
+from facedet3d.module_rcan import RcanModule
 from facedet3d.module_render import RenderModule
 from facedet3d.prepare import DetailCacheWriter
 from facedet3d.presets import EMOTION_PRESETS, parse_target, preset_vector
@@ -40,6 +41,7 @@ def setup(tmp_path_factory):
     _save(render, root / "render.ckpt")
     deth = DetHModule(base_channels=8, max_channels=16)
     _save(deth, root / "deth.ckpt")
+    _save(RcanModule(features=8, n_groups=1, n_blocks=1), root / "rcan.ckpt")
     face = SyntheticDetailDataset(num_samples=1, pairs=False, image_size=SIZE, texture_size=SIZE, map_size=64,
                                   seed=2).__getitems__([0])[0]
     cache = root / "cache"
@@ -77,6 +79,16 @@ def test_animate_writes_every_output(setup, tmp_path, capsys):
     grid = Image.open(out / "0_face0_grid.png")
     assert grid.size[0] > 4 * SIZE and grid.size[1] > 3 * SIZE  # 4 columns, 3 rows (renders, shading, view)
     assert not list(out.glob(".*partial"))
+
+
+def test_rcan_super_resolves_the_maps_twice(setup, tmp_path, capsys):
+    root, cache = setup
+    out = tmp_path / "out"
+    assert run(_options("--deth", str(root / "deth.ckpt"), "--render", str(root / "render.ckpt"), "--rcan",
+                        str(root / "rcan.ckpt"), "--input", str(cache), "--au", "sad", "--out", str(out),
+                        "--subdivisions", "0", "--rcan-tile", "64", "--rcan-overlap", "8")) == 0
+    assert np.load(out / "0_face0_sad_detail.npy").shape == (1024, 1024)  # 64 -> 256 -> 1024 (Eq. 9)
+    assert "`--rcan`" not in capsys.readouterr().err
 
 
 def test_missing_parts_and_bad_targets_are_clear_errors(setup, tmp_path):

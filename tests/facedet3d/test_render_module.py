@@ -84,7 +84,7 @@ def test_render_config_runs_through_lightning_cli(tmp_path):
     cli = Path(sys.executable).parent / "lightning-cli"
     cmd = [str(cli), "fit", "--config", str(REPO / "configs" / "facedet3d_render.yaml"), *TINY_CLI,
            "--trainer.max_steps=2"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=dict(os.environ))
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     assert "max_steps=2` reached" in proc.stdout + proc.stderr
     run = tmp_path / "logs" / "facedet3d_render"
