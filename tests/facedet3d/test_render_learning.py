@@ -79,7 +79,7 @@ def _train(module: RenderModule, batches: list) -> None:
 
 @pytest.mark.slow
 def test_augw_and_dsl_make_r_render_the_geometry_details():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # spinning intra-op threads slow down many-fold on shared cores
     train = SyntheticDetailDataset(num_samples=TRAIN, pairs=False, image_size=SIZE, texture_size=SIZE, map_size=256)
     batches = [FaceDetailBatch.collate(train.__getitems__(list(range(i, i + BATCH)))) for i in range(0, TRAIN, BATCH)]
     held = FaceDetailBatch.collate(SyntheticDetailDataset(num_samples=HELD_OUT, split="test", pairs=False,
