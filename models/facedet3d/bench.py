@@ -143,9 +143,10 @@ def _rows(bench: str, timer: ExclusiveTimer, times: list[float], batch: int, dev
     totals = {k: v / n for k, v in timer.totals.items()}
     totals["other"] = max(step - sum(totals.values()), 0.0)
     rows = [BenchRow(bench, name, device, batch, 1e3 * totals.get(name, 0.0), batch / step,
-                     float("nan"), extra={"pct": round(100 * totals.get(name, 0.0) / step, 1)})
+                     float("nan"), extra={"pct": round(100 * totals.get(name, 0.0) / step, 1), "tiles_per_s": ""})
             for name in [*order, "other"]]
-    rows.append(BenchRow(bench, "step", device, batch, 1e3 * step, batch / step, float("nan"), extra={"pct": 100.0}))
+    rows.append(BenchRow(bench, "step", device, batch, 1e3 * step, batch / step, float("nan"),
+                         extra={"pct": 100.0, "tiles_per_s": ""}))
     return rows
 
 
@@ -238,7 +239,7 @@ def bench_rcan(args) -> list[BenchRow]:
     ms = time_fn(call, args.device, warmup=1, repeat=args.repeat)
     mem = peak_memory_mb(call, args.device)
     return [BenchRow("facedet3d_rcan", f"x4 {args.rcan_size}->{4 * args.rcan_size} tile {tile}/{overlap}",
-                     args.device, 1, ms, 1e3 / ms, mem, extra={"tiles_per_s": round(tiles * 1e3 / ms, 2)})]
+                     args.device, 1, ms, 1e3 / ms, mem, extra={"pct": "", "tiles_per_s": round(tiles * 1e3 / ms, 2)})]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -258,7 +259,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> list[BenchRow]:
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    args.device = str(getattr(args, "device", None) or "cpu")
+    device = str(getattr(args, "device", None) or "auto")
+    args.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     rows: list[BenchRow] = []
     for part, fn in (("render", bench_render), ("deth", bench_deth), ("rcan", bench_rcan)):
         if part in args.parts:
