@@ -11,7 +11,7 @@ def test_bench_rows_and_goal(capsys, monkeypatch):
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     bench.add_arguments(parser)
-    args = parser.parse_args(["--size", "32", "--train-batch", "1", "--infer-batch", "1", "--repeat", "1",
+    args = parser.parse_args(["--size", "64", "--train-batch", "1", "--infer-batch", "1", "--repeat", "1",
                               "--warmup", "0", "--min-time", "0", "--stages", "texture"])
     rows = bench.run(args)
     impls = {r.impl for r in rows}

@@ -527,9 +527,9 @@ def _extra_images(result: Reconstruction, reconstructor: Reconstructor) -> dict[
 
 def _extra_arrays(result: Reconstruction, reconstructor: Reconstructor) -> dict[str, torch.Tensor]:
     """The method's extra arrays (``getattr``: reconstructions built before the field existed have none), names
-    checked like the images'."""
+    checked like the images' (an array may share an image's name: ``NAME_asm.npy`` beside ``NAME_asm.png``)."""
     arrays = getattr(result, "extra_arrays", None) or {}
-    reserved = {"overlay", "params", *reconstructor.meshes, *result.extra_images}
+    reserved = {"overlay", "params", *reconstructor.meshes}  # an image of the same name is a .png: no clash
     for key in arrays:
         if not key.replace("_", "").isalnum() or key in reserved:
             raise ValueError(f"extra array name {key!r}: use letters, digits and '_' (not {sorted(reserved)})")
