@@ -244,6 +244,14 @@ def evaluate(request, options) -> RenderEvaluation:
 
     if options.edits < 1:
         raise ValueError(f"--edits must be >= 1, got {options.edits}")
+    if request.image_size is None:  # the checkpoint's render size (64 for --init / ordinary rendering)
+        size = 64
+        if request.ckpt is not None and options.render_mode == "checkpoint":
+            from facelab.io.weights import read_checkpoint
+
+            hp = read_checkpoint(request.ckpt, what="FaceDet3D renderer checkpoint", config_key="--ckpt")
+            size = int(dict(hp.get("hyper_parameters", {})).get("image_size", 64))
+        request = replace(request, image_size=size)
     device = request.device
     faces, real = _faces(request, options)
     faces, real = faces.to(device), real.to(device)

@@ -182,7 +182,7 @@ class RenderModule(LightningModule):
         self.network = network if network is not None else RenderingNetwork()
         if self.network.branches == "ordinary":
             raise ValueError("network.init_args.branches='ordinary' (BFM albedo x SH) has nothing to train: evaluate "
-                             "it with `facelab evaluate --method facedet3d --render-mode ordinary`")
+                             "it with `facelab evaluate --method facedet3d --init --render-mode ordinary`")
         self.discriminator = discriminator if discriminator is not None else UNetDiscriminator(3, heads={"au": 17})
         if "au" not in self.discriminator.heads:
             raise ValueError("the expression discriminator needs an 'au' head (heads: {au: 17}), paper Eq. 17")
