@@ -81,6 +81,7 @@ def test_animate_writes_every_output(setup, tmp_path, capsys):
     assert not list(out.glob(".*partial"))
 
 
+@pytest.mark.slow
 def test_rcan_super_resolves_the_maps_twice(setup, tmp_path, capsys):
     root, cache = setup
     out = tmp_path / "out"

@@ -34,7 +34,8 @@ def _options(*argv):
     return parser.parse_args(list(argv))
 
 
-@pytest.mark.parametrize("data", ["synthetic", pytest.param("folder", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["synthetic", "folder"])
 def test_evaluate_prints_every_row(tmp_path, capsys, data):
     argv = ["--render-mode", "ordinary", "--edits", "2"]
     if data == "folder":

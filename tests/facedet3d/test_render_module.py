@@ -13,6 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
+from jsonargparse import ArgumentParser
 
 from facedet3d.module_render import RenderModule, fake_details
 from facedet3d.render_losses import RenderLossWeights, ShadingPredictor
@@ -52,8 +54,23 @@ def make_module(**kwargs) -> RenderModule:
                         laplacian_levels=3, r1_interval=1, **kwargs)
 
 
+def config_module() -> RenderModule:
+    """RenderModule built by jsonargparse from configs/facedet3d_render.yaml (tiny widths and sizes)."""
+    cfg = yaml.safe_load((REPO / "configs" / "facedet3d_render.yaml").read_text())["model"]
+    args = cfg["init_args"]
+    args["network"]["init_args"].update(features=4, ntex_channels=[4, 8], tex2im_channels=[4, 8])
+    args["discriminator"]["init_args"]["channels"] = [4, 8, 8]
+    args.update(image_size=SIZE, texture_size=SIZE, laplacian_levels=3, r1_interval=1)
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(RenderModule, "model")
+    torch.manual_seed(0)
+    return parser.instantiate_classes(parser.parse_object({"model": cfg})).model
+
+
 def test_every_trainable_parameter_gets_a_gradient(batches):
-    module = make_module()
+    """The smoke test over the render config: finite losses, a gradient for every trainable parameter."""
+    module = config_module()
+    assert module.network.branches == "double" and module.weights.augw > 0 and module.weights.dsl > 0
     rb = module.prepare(batches[0])
     real, swapped = module.render_pair(rb, fake_details(rb.detail))
     losses, image_fake = module.render_losses(rb, real, swapped)
@@ -80,6 +97,7 @@ def test_weights_off_and_bad_inputs(batches):
         module.prepare(without)
 
 
+@pytest.mark.slow
 def test_render_config_runs_through_lightning_cli(tmp_path):
     cli = Path(sys.executable).parent / "lightning-cli"
     cmd = [str(cli), "fit", "--config", str(REPO / "configs" / "facedet3d_render.yaml"), *TINY_CLI,
