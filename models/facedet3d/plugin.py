@@ -6,7 +6,7 @@ This module only describes: networks and checkpoints are imported by the functio
 * ``facelab animate --method facedet3d --deth CKPT --render CKPT [--rcan CKPT] --input PHOTO_OR_DIR --au happy``:
   :mod:`facedet3d.animate` (hallucinated detail maps, detailed meshes, shading, neural renders, Fig. 4/5 grids).
 * ``facelab prepare --method facedet3d ...``: :mod:`facedet3d.prepare` (the Eq. 1 inputs cache of photos / FDS maps).
-* ``facelab evaluate --method facedet3d --render CKPT [--deth CKPT]``: :mod:`facedet3d.evaluate` (FID and FaceID
+* ``facelab evaluate --method facedet3d --ckpt RENDER_CKPT [--deth CKPT]``: :mod:`facedet3d.evaluate` (FID and FaceID
   distance across expression edits, Tables 1-2; the AugW detail probe, Fig. 8), each beside its baselines.
 * ``facelab bench facedet3d``: :mod:`facedet3d.bench` (DetH and R training-step splits, RCAN tiles/s).
 """
