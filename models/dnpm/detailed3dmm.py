@@ -29,6 +29,8 @@ Shapes: ``B`` batch, ``V`` vertices, ``K`` identity components (50), ``E`` expre
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ __all__ = [
     "ProxyPointSampler",
     "StyleMLPEncoder",
     "SynthesisNetwork",
+    "bilinear_model",
     "build_encoder",
     "check_latents",
     "colorize_displacement",
@@ -312,6 +315,17 @@ class Detailed3DMM(nn.Module):
         verts = self.mapper(proxy, disp_mm)  # Eq. 2 + 4: V_p + T'(s G(...)) on the subdivided mesh
         return DetailedMesh(ws=ws, displacement=disp, displacement_mm=disp_mm, proxy_verts=proxy,
                             dense_proxy_verts=dense, verts=verts)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_bilinear(model_path: str) -> BilinearModel:
+    return BilinearModel(model_path)
+
+
+def bilinear_model(model_path: str) -> BilinearModel:
+    """A fresh copy of the bilinear model at ``model_path`` (the file is read once per process: the FaceScape core
+    is ~150 MB)."""
+    return copy.deepcopy(_read_bilinear(str(model_path)))
 
 
 def synthesize(generator: nn.Module, ws: Tensor) -> Tensor:

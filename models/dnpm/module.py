@@ -35,10 +35,15 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from dnpm.detailed3dmm import FACESCAPE_MM_PER_UNIT, colorize_displacement, render_meshes, synthesize
+from dnpm.detailed3dmm import (
+    FACESCAPE_MM_PER_UNIT,
+    bilinear_model,
+    colorize_displacement,
+    render_meshes,
+    synthesize,
+)
 from facelab.log import get_logger
 from facelab.losses import r1_penalty
-from facelab.morphable import BilinearModel
 from facelab.nn.ada import AdaptiveAugment
 from facelab.nn.stylegan2 import (
     Discriminator,
@@ -300,7 +305,7 @@ class DnpmModule(LightningModule):
     # ------------------------------------------------------------------------------------------------ images
     def _render_setup(self) -> tuple[MeshRenderer, Tensor]:
         if self._renderer is None:
-            bilinear = BilinearModel(self.hparams.model_path)
+            bilinear = bilinear_model(self.hparams.model_path)
             with torch.no_grad():
                 mean = bilinear(bilinear.neutral_params(1)).verts
             front = bilinear.region_faces("front") if "front" in bilinear.regions else None

@@ -32,6 +32,7 @@ from dnpm.detailed3dmm import (
     FACESCAPE_MM_PER_UNIT,
     Detailed3DMM,
     EncoderInput,
+    bilinear_model,
     colorize_displacement,
     map_lpips,
 )
@@ -41,7 +42,6 @@ from facelab.io.weights import read_checkpoint
 from facelab.log import get_logger, warn_missing_weights
 from facelab.losses import LPIPS
 from facelab.metrics import psnr, ssim
-from facelab.morphable import BilinearModel
 from facelab.nn.stylegan2 import CheckpointMismatchError, Generator
 from facelab.training import tensorboard_writer
 from facelab.viz import rows_grid
@@ -176,7 +176,7 @@ class Detailed3DMMModule(LightningModule):
                                    "loss_weights": {"pixel": self.weights.pixel, "lpips": self.weights.lpips},
                                    "lr": float(lr), "log_images_every_n_steps": int(log_images_every_n_steps),
                                    "max_logged_images": int(max_logged_images)})
-        self.model = Detailed3DMM(gen, BilinearModel(model_path), encoder_input, hidden, map_scale_mm, subdivisions)
+        self.model = Detailed3DMM(gen, bilinear_model(model_path), encoder_input, hidden, map_scale_mm, subdivisions)
         self.lpips = None
         if self.weights.lpips:
             self.lpips = LPIPS("alex", trunk_weights_path=lpips_weights, allow_random=lpips_weights is None,
@@ -262,7 +262,7 @@ def load_detailed3dmm(path: str, config_key: str = "--ckpt") -> Detailed3DMM:
                                "encoder settings in its hyper-parameters); a DNPM GAN checkpoint trains one with "
                                "configs/dnpm_detailed3dmm.yaml")
     gen = Generator(**hp["generator"])
-    model = Detailed3DMM(gen, BilinearModel(hp.get("model_path", "synthetic")), hp["encoder_input"], hp["hidden"],
+    model = Detailed3DMM(gen, bilinear_model(hp.get("model_path", "synthetic")), hp["encoder_input"], hp["hidden"],
                          hp["map_scale_mm"], hp.get("subdivisions", 1))
     state = {k[len("model."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)

@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from dnpm.detailed3dmm import Detailed3DMM, StyleMLPEncoder, style_split
+from dnpm.detailed3dmm import Detailed3DMM, StyleMLPEncoder, bilinear_model, style_split
 from dnpm.module import DnpmModule
 from dnpm.module_detailed3dmm import Detailed3DMMModule, load_detailed3dmm, load_generator
 from facelab.data.detail_maps import DisplacementSample, SyntheticDisplacementDataset
-from facelab.morphable import BilinearModel
 from facelab.nn.stylegan2 import CheckpointMismatchError, Generator
 from facelab.render import vertex_normals
 
@@ -29,8 +28,8 @@ HIDDEN = (32, 32, 32, 32, 32)
 
 
 @functools.cache
-def bilinear() -> BilinearModel:
-    return BilinearModel("synthetic")
+def bilinear():
+    return bilinear_model("synthetic")
 
 @pytest.fixture(autouse=True)
 def _one_thread():
