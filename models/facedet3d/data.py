@@ -295,9 +295,9 @@ def read_fds_map(path: str | os.PathLike, mask_path: str | os.PathLike | None = 
 
     Args:
         path: ``.png`` (16-bit grey) or ``.npy`` ((S, S) or (1, S, S) float).
-        mask_path: validity mask (8/16-bit PNG or bool/uint8 ``.npy``, nonzero = valid), same size; None: every
-            texel whose value is not exactly the code of 0 (FDS leaves unused texels at zero displacement) and,
-            for ``.npy``, finite.
+        mask_path: validity mask (8/16-bit PNG or bool/uint8 ``.npy``, nonzero = valid), same size; None: for a
+            PNG every texel whose value is not the code of 0 (FDS leaves unused texels at zero displacement), for a
+            ``.npy`` every texel (all must then be finite).
         size: required side (FDS: 4096); None accepts any square size.
         scale_mm: millimetres per FDS unit (``.png`` only).
 
@@ -336,7 +336,7 @@ def read_fds_map(path: str | os.PathLike, mask_path: str | os.PathLike | None = 
     if mask_path is not None:
         mask = _read_mask(Path(mask_path), detail.shape)
     elif path.suffix.lower() == ".npy":
-        mask = finite
+        mask = np.ones_like(finite)  # without a mask every texel must be a number
     else:
         mask = np.abs(arr.astype(np.int64) - int(code0)) > 1
     if not mask.any():

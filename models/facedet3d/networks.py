@@ -184,7 +184,10 @@ class DetH(nn.Module):
         self.face_id_encoder = _mlp(face_id_dim, vector_channels, 128)
         self.age_encoder = _mlp(age_dim, vector_channels, 128)
         fused = widths[-1] + 4 * vector_channels
-        self.fuse = nn.Conv2d(fused, widths[-1], 1)
+        # a plain (un-normalised) non-linear fusion: the vector features are constant over the grid, and the
+        # decoder's instance norms would erase a merely added per-channel constant
+        self.fuse = nn.Sequential(nn.Conv2d(fused, widths[-1], 1), nn.LeakyReLU(0.2),
+                                  nn.Conv2d(widths[-1], widths[-1], 3, padding=1), nn.LeakyReLU(0.2))
         hidden = (condition_hidden,) if condition_hidden else ()
         self.bottleneck = nn.ModuleList(AdaINResBlock(widths[-1], widths[-1], NUM_AUS, hidden_dims=hidden)
                                         for _ in range(num_bottleneck))
@@ -194,6 +197,9 @@ class DetH(nn.Module):
         self.out_norm = nn.InstanceNorm2d(widths[0], affine=True)
         self.hallucination_head = nn.Conv2d(widths[0] + 2, 1, 7, padding=3)
         self.mask_head = nn.Conv2d(widths[0] + 2, 1, 7, padding=3)
+        with torch.no_grad():  # start near "no hallucination" (H ~ 0, M ~ 1/2) instead of random millimetres
+            self.hallucination_head.weight.mul_(0.01)
+            self.hallucination_head.bias.zero_()
 
     def forward(self, detail: Tensor, detail_mask: Tensor, source_aus: Tensor, target_aus: Tensor, shape: Tensor,
                 face_id: Tensor, age: Tensor) -> DetHOutput:
