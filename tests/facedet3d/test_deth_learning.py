@@ -1,0 +1,44 @@
+"""Learning proof of DetH on the synthetic world (slow): after a CPU-sized run the hallucinated map is compared with
+the TRUE wrinkle map of the target expression (never seen for these held-out pairs) beside "copy the input",
+"zero map" and the untrained DetH; D_Exp's AU head on held-out real maps beside the mean-AU answer.
+
+Bar (issue 10): hallucinated error <= 0.7 x min(copy, zero); AU MAE below the mean-AU baseline.
+Measured 2026-12-02 (loaded 2-core machine, 300 batches of 8, 256 train / 64 val pairs at 64^2, lr 1e-3, weak 100,
+mask 0.01, adversarial 0.1, AU 0.1): untrained 0.0402 mm, copy 0.0402, zero 0.0332, trained 0.0303 (0.91 x zero:
+the 0.7 bar is NOT met yet); AU MAE 0.194 vs mean-AU 0.190.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from facedet3d.data import FaceDetailDataModule
+from facedet3d.module_deth import DetHLossWeights, DetHModule
+
+pytestmark = pytest.mark.slow
+
+
+def test_deth_hallucinates_the_target_wrinkles():
+    torch.set_num_threads(2)
+    L.seed_everything(0)
+    dm = FaceDetailDataModule(pairs=True, image_size=64, texture_size=64, map_size=64, num_train=256, num_val=64,
+                              batch_size=8, num_workers=0, memory_cache=True, precompute_features=True)
+    dm.setup("fit")
+    val = dm.collate(dm.datasets["val"].__getitems__(list(range(64))))
+    weights = DetHLossWeights(weak=100.0, mask_mean=0.01, adversarial=0.1, au_fake=0.1)
+    module = DetHModule(base_channels=16, max_channels=64, num_down=2, num_bottleneck=2, vector_channels=16,
+                        discriminator_channels=[16, 32, 64, 64], lr=1e-3, pair_fraction=1.0, loss_weights=weights,
+                        log_images_every_n_steps=0)
+    untrained = {k: float(v) for k, v in module.evaluate_pairs(val).items()}
+    trainer = L.Trainer(max_steps=1200, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    module.eval()
+    r = {k: float(v) for k, v in module.evaluate_pairs(val).items()}
+    print(f"detail L1 (mm) vs the true target map: DetH {r['detail_l1']:.4f}, untrained {untrained['detail_l1']:.4f}, "
+          f"copy input {r['detail_l1_copy_input']:.4f}, zero {r['detail_l1_zero']:.4f}; D_Exp AU MAE "
+          f"{r['au_mae']:.4f} vs mean-AU {r['au_mae_mean_baseline']:.4f} (untrained {untrained['au_mae']:.4f})")
+    assert r["detail_l1"] <= 0.7 * min(r["detail_l1_copy_input"], r["detail_l1_zero"])
+    assert r["au_mae"] < r["au_mae_mean_baseline"]
