@@ -10,7 +10,7 @@ compares the change with the true one, I* - I (Eq. 14). Printed beside: the untr
 formation, gain ~1: the ceiling). Asserted: the full recipe's gain beats the ablation's by a margin, and both the
 untrained R and 0.
 
-Measured (scratch run of this protocol, 240 R steps per run, 1 thread on 2 heavily shared cores: 14 + 8 min):
+Measured (this test, 240 R steps per run, 1 thread on 2 heavily shared cores: 18 min in all; deterministic):
 
 =============================  ===========  =========  ===========  ===========  ===========
 held-out (16 faces, 64^2)      detail_gain  detail_r2  detail_corr  detail_leak  photometric
@@ -19,7 +19,7 @@ ignore the geometry (floor)    0            0          -            -           
 untrained R                    -0.122       -2.615     -0.107       0.0108       1.029
 R without AugW + DSL           0.362        0.536      0.875        0.0011       0.089
 R with AugW + DSL              0.501        0.686      0.916        0.0011       0.094
-ordinary rendering (ceiling)   ~1.0         ~0.99      ~1.0         ~0.0002      -
+ordinary rendering (ceiling)   1.032        0.979      0.991        0.0002       0.042
 =============================  ===========  =========  ===========  ===========  ===========
 
 AugW + DSL render 1.38x the detail change of the ablation (r2 +0.15) at the same photometric error. The ablation
