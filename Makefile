@@ -9,7 +9,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow lint format bench fit tensorboard clean
+.PHONY: install test test-slow lint format bench fit fit-smirk fit-facedet3d fit-dualstream fit-dnpm tensorboard clean
 
 install: $(STAMP)
 
@@ -41,15 +41,63 @@ bench: install
 	$(VENV)/bin/facelab bench data
 	$(VENV)/bin/facelab bench smirk
 
-## SMIRK quick start on the synthetic world (CPU-sized): a short pretraining, then the core phase from its checkpoint.
+## Quick start of one method on the embedded synthetic default, CPU-sized: `make fit METHOD=smirk|facedet3d|
+## dualstream|dnpm` chains the method's stages, each from the previous stage's checkpoint.
+METHOD ?= smirk
 FIT_LOGS ?= logs
-fit: install
-	$(VENV)/bin/lightning-cli fit --config configs/smirk_pretrain.yaml --config configs/smirk_quickstart.yaml \
-		--trainer.logger.init_args.save_dir=$(FIT_LOGS)
-	ckpt=$$(ls -t $(FIT_LOGS)/smirk_pretrain/version_*/checkpoints/last.ckpt | head -n 1) && \
-	$(VENV)/bin/lightning-cli fit --config configs/smirk.yaml --config configs/smirk_quickstart.yaml \
-		--trainer.logger.init_args.save_dir=$(FIT_LOGS) --model.init_args.pretrain_ckpt=$$ckpt
+LCLI := $(VENV)/bin/lightning-cli
+LOGGER := --trainer.logger.init_args.save_dir=$(FIT_LOGS)
+last = $$(ls -t $(FIT_LOGS)/$(1)/version_*/checkpoints/last.ckpt | head -n 1)
+
+fit: install fit-$(METHOD)
+
+## SMIRK: a short pretraining, then the core phase from its checkpoint.
+fit-smirk:
+	$(LCLI) fit --config configs/smirk_pretrain.yaml --config configs/smirk_quickstart.yaml $(LOGGER)
+	$(LCLI) fit --config configs/smirk.yaml --config configs/smirk_quickstart.yaml $(LOGGER) \
+		--model.init_args.pretrain_ckpt=$(call last,smirk_pretrain)
 	@echo "TensorBoard logs: $(FIT_LOGS)/smirk_pretrain and $(FIT_LOGS)/smirk  (view: make tensorboard)"
+
+## FaceDet3D: detail regressor (the FDS stand-in), DetH, RCAN, then the rendering network R (64^2).
+FD3_CPU := --trainer.accelerator=cpu --trainer.devices=1 $(LOGGER)
+fit-facedet3d:
+	$(LCLI) fit --config configs/facedet3d_regressor.yaml $(FD3_CPU) --trainer.max_steps=20
+	$(LCLI) fit --config configs/facedet3d_deth.yaml $(FD3_CPU) --trainer.max_steps=40
+	$(LCLI) fit --config configs/facedet3d_rcan.yaml $(FD3_CPU) --trainer.max_steps=20
+	$(LCLI) fit --config configs/facedet3d_render.yaml $(FD3_CPU) --trainer.max_steps=40 \
+		--data.init_args.num_workers=0 --data.init_args.num_train=64 \
+		--model.init_args.image_size=64 --model.init_args.texture_size=64 --data.init_args.image_size=64 \
+		--data.init_args.texture_size=64 --data.init_args.batch_size=4 \
+		--model.init_args.network.init_args.ntex_channels=[16,32,64] \
+		--model.init_args.network.init_args.tex2im_channels=[16,32,64] \
+		--model.init_args.discriminator.init_args.channels=[16,32,64] --trainer.val_check_interval=20 \
+		--trainer.limit_val_batches=1
+	@echo "checkpoints: $(FIT_LOGS)/facedet3d_{regressor,deth,rcan,render}; then: facelab animate --method facedet3d" \
+		"--deth $(call last,facedet3d_deth) --render $(call last,facedet3d_render) --input PHOTOS --au happy --out anim"
+
+## DualStream: geometry stream, texture stream from it, then end-to-end fine-tuning (64^2).
+DS_CPU := --trainer.max_steps=40 --trainer.accelerator=cpu --trainer.devices=1 --trainer.limit_val_batches=2 \
+	--trainer.log_every_n_steps=1 $(LOGGER) --data.init_args.image_size=64 --data.init_args.uv_size=64 \
+	--data.init_args.batch_size=4 --data.init_args.num_train=64 --data.init_args.num_val=8 \
+	--data.init_args.num_workers=0 --model.init_args.image_size=64 --model.init_args.uv_size=64
+DS_TEX := --model.init_args.generator_channels=[32,64,128,128] --model.init_args.region_level=2 \
+	--model.init_args.stylize_levels=[2,3] --model.init_args.geometry_args.width=0.25 \
+	--model.init_args.geometry_args.decoder_width=0.25
+fit-dualstream:
+	$(LCLI) fit --config configs/dualstream_geometry.yaml $(DS_CPU) --model.init_args.width=0.25 \
+		--model.init_args.decoder_width=0.25 --model.init_args.parametric_steps=20
+	$(LCLI) fit --config configs/dualstream_texture.yaml $(DS_CPU) $(DS_TEX) --model.init_args.contextual_size=64 \
+		--model.init_args.init_ckpt=$(call last,dualstream_geometry)
+	$(LCLI) fit --config configs/dualstream.yaml $(DS_CPU) $(DS_TEX) --model.init_args.init_ckpt=$(call last,dualstream_texture)
+	@echo "then: facelab reconstruct --method dualstream --ckpt $(call last,dualstream) --input PHOTOS --out DIR"
+
+## DNPM: the StyleGAN2 over displacement maps, then Detailed3DMM on its frozen generator, then one detailed face.
+fit-dnpm:
+	$(LCLI) fit --config configs/dnpm.yaml $(LOGGER)
+	$(LCLI) fit --config configs/dnpm_detailed3dmm.yaml $(LOGGER) --model.init_args.init_ckpt=$(call last,dnpm) \
+		--trainer.max_epochs=10
+	$(VENV)/bin/facelab detail --method dnpm --ckpt $(call last,dnpm_detailed3dmm) --id random --exp smile \
+		--out $(FIT_LOGS)/dnpm_detail
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir logs
