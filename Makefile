@@ -91,9 +91,10 @@ fit-dualstream:
 	$(LCLI) fit --config configs/dualstream.yaml $(DS_CPU) $(DS_TEX) --model.init_args.init_ckpt=$(call last,dualstream_texture)
 	@echo "then: facelab reconstruct --method dualstream --ckpt $(call last,dualstream) --input PHOTOS --out DIR"
 
-## DNPM: the StyleGAN2 over displacement maps, then Detailed3DMM on its frozen generator, then one detailed face.
+## DNPM: the StyleGAN2 over displacement maps (1 kimg of configs/dnpm.yaml's 20: a few minutes), then Detailed3DMM
+## on its frozen generator, then one detailed face.
 fit-dnpm:
-	$(LCLI) fit --config configs/dnpm.yaml $(LOGGER)
+	$(LCLI) fit --config configs/dnpm.yaml $(LOGGER) --model.init_args.total_kimg=1 --model.init_args.snapshot_every_kimg=1
 	$(LCLI) fit --config configs/dnpm_detailed3dmm.yaml $(LOGGER) --model.init_args.init_ckpt=$(call last,dnpm) \
 		--trainer.max_epochs=10
 	$(VENV)/bin/facelab detail --method dnpm --ckpt $(call last,dnpm_detailed3dmm) --id random --exp smile \
