@@ -70,13 +70,14 @@ fit-facedet3d:
 		--data.init_args.texture_size=64 --data.init_args.batch_size=4 \
 		--model.init_args.network.init_args.ntex_channels=[16,32,64] \
 		--model.init_args.network.init_args.tex2im_channels=[16,32,64] \
-		--model.init_args.discriminator.init_args.channels=[16,32,64] --trainer.val_check_interval=20 \
+		--model.init_args.discriminator.init_args.channels=[16,32,64] --trainer.val_check_interval=1.0 \
 		--trainer.limit_val_batches=1
 	@echo "checkpoints: $(FIT_LOGS)/facedet3d_{regressor,deth,rcan,render}; then: facelab animate --method facedet3d" \
 		"--deth $(call last,facedet3d_deth) --render $(call last,facedet3d_render) --input PHOTOS --au happy --out anim"
 
 ## DualStream: geometry stream, texture stream from it, then end-to-end fine-tuning (64^2).
 DS_CPU := --trainer.max_steps=40 --trainer.accelerator=cpu --trainer.devices=1 --trainer.limit_val_batches=2 \
+	--trainer.val_check_interval=1.0 \
 	--trainer.log_every_n_steps=1 $(LOGGER) --data.init_args.image_size=64 --data.init_args.uv_size=64 \
 	--data.init_args.batch_size=4 --data.init_args.num_train=64 --data.init_args.num_val=8 \
 	--data.init_args.num_workers=0 --model.init_args.image_size=64 --model.init_args.uv_size=64

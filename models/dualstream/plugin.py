@@ -53,7 +53,7 @@ method = Method(
         from_checkpoint=_reconstructor, crop_scale=1.6, crop="landmarks",
         checkpoint_help="a DualStream checkpoint of the texture stage (it carries the geometry stream) or of the "
                         "end-to-end stage; the BFM defaults to the checkpoint's model_path"),
-    evaluate=EvaluateEntry(run=_evaluate, add_arguments=_evaluate_arguments, data=("synthetic",),
+    evaluate=EvaluateEntry(run=_evaluate, add_arguments=_evaluate_arguments, data=("synthetic", "aflw2000", "micc"),
                            supports_init=True),
     benchmarks={"dualstream": Benchmark("dualstream.bench", "DualStream training-step split per stage (B = 8, "
                                                             "256^2) and inference images/s, bare encoder vs the "
