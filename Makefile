@@ -82,8 +82,7 @@ DS_CPU := --trainer.max_steps=40 --trainer.accelerator=cpu --trainer.devices=1 -
 	--data.init_args.batch_size=4 --data.init_args.num_train=64 --data.init_args.num_val=8 \
 	--data.init_args.num_workers=0 --model.init_args.image_size=64 --model.init_args.uv_size=64
 DS_TEX := --model.init_args.generator_channels=[32,64,128,128] --model.init_args.region_level=2 \
-	--model.init_args.stylize_levels=[2,3] --model.init_args.geometry_args.width=0.25 \
-	--model.init_args.geometry_args.decoder_width=0.25
+	--model.init_args.stylize_levels=[2,3] '--model.init_args.geometry_args={width: 0.25, decoder_width: 0.25}'
 fit-dualstream:
 	$(LCLI) fit --config configs/dualstream_geometry.yaml $(DS_CPU) --model.init_args.width=0.25 \
 		--model.init_args.decoder_width=0.25 --model.init_args.parametric_steps=20
