@@ -26,14 +26,20 @@ CPU pass ``--threads 1`` (intra-op threads spin-wait on a loaded machine); compa
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from facelab.bench.common import BenchRow, available_devices, peak_memory_mb, print_table, synchronize, write_csv
+from facelab.bench.common import (
+    BenchRow,
+    available_devices,
+    interleaved_medians,
+    peak_memory_mb,
+    print_goals,
+    print_table,
+    write_csv,
+)
 from facelab.nn import Discriminator, Generator, modulated_conv2d, modulated_conv2d_reference
 
 MIN_MODCONV_SPEEDUP = 3.0
@@ -57,22 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def interleaved_medians(fns: Sequence[Callable[[], object]], device: str, warmup: int, repeat: int,
-                        min_time_s: float = 0.0) -> list[float]:
-    """Median ms of each function, timed round-robin (one call of each per round)."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    start = time.perf_counter()
-    while len(times[0]) < repeat or time.perf_counter() - start < min_time_s:
-        for fn, record in zip(fns, times):
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            record.append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(t) for t in times]
 
 
 def _generator_pass(g: Generator, z: torch.Tensor) -> Callable[[], None]:
@@ -172,11 +162,7 @@ def report(rows: Sequence[BenchRow]) -> bool:
             checks.append((f"[{row.device}] grouped modulated conv {row.impl.split('@')[1]} (B={row.batch}) "
                            f"{speedup:.1f}x the per-sample reference >= {MIN_MODCONV_SPEEDUP:.0f}x",
                            speedup >= MIN_MODCONV_SPEEDUP))
-    if checks:
-        print("\ngoals")
-    for text, ok in checks:
-        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
-    return all(ok for _, ok in checks)
+    return print_goals(checks)
 
 
 def main(argv: list[str] | None = None) -> int:

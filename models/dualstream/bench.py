@@ -22,7 +22,14 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from facelab.bench.common import BenchRow, available_devices, peak_memory_mb, synchronize
+from facelab.bench.common import (
+    BenchRow,
+    available_devices,
+    interleaved_medians,
+    peak_memory_mb,
+    print_goals,
+    synchronize,
+)
 
 __all__ = ["add_arguments", "report", "run"]
 
@@ -162,21 +169,6 @@ def training_rows(args, device: str, texture, e2e) -> list[BenchRow]:
     return rows
 
 
-def _interleaved(fns: Sequence[Callable[[], object]], device: str, warmup: int, repeat: int,
-                 min_time_s: float) -> list[float]:
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    start = time.perf_counter()
-    while len(times[0]) < repeat or time.perf_counter() - start < min_time_s:
-        for fn, record in zip(fns, times):
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            record.append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(t) for t in times]
 
 
 def inference_rows(args, device: str, e2e) -> list[BenchRow]:
@@ -195,7 +187,7 @@ def inference_rows(args, device: str, e2e) -> list[BenchRow]:
         def whole(image=image):
             return rec.reconstruct(image)
 
-        enc_ms, rec_ms = _interleaved([encoder, whole], device, max(1, args.warmup), args.repeat, args.min_time)
+        enc_ms, rec_ms = interleaved_medians([encoder, whole], device, max(1, args.warmup), args.repeat, args.min_time)
         for name, ms, fn, extra in (("infer/encoder", enc_ms, encoder, {"ratio_vs_encoder": 1.0}),
                                     ("infer/reconstruction", rec_ms, whole, {"ratio_vs_encoder": enc_ms / rec_ms})):
             rows.append(BenchRow("dualstream", name, device, b, ms, b * 1e3 / ms, peak_memory_mb(fn, device),
@@ -228,8 +220,4 @@ def report(rows: Sequence[BenchRow]) -> bool:
             checks.append((f"[{row.device}] whole reconstruction at B={row.batch}: {row.items_per_s:.2f} images/s = "
                            f"{100 * ratio:.0f}% of the bare encoder >= {100 * MIN_RECON_THROUGHPUT_RATIO:.0f}%",
                            ratio >= MIN_RECON_THROUGHPUT_RATIO))
-    if checks:
-        print("\ngoals")
-    for text, ok in checks:
-        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
-    return all(ok for _, ok in checks)
+    return print_goals(checks)

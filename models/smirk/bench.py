@@ -57,7 +57,6 @@ import argparse
 import contextlib
 import functools
 import math
-import statistics
 import time
 import warnings
 from collections import defaultdict
@@ -71,7 +70,9 @@ from torch import nn
 from facelab.bench.common import (
     BenchRow,
     available_devices,
+    interleaved_medians,
     peak_memory_mb,
+    print_goals,
     print_table,
     proc_status_kb,
     synchronize,
@@ -360,23 +361,6 @@ def _peak_memory_mb(device: torch.device) -> float:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def interleaved_medians(fns: Sequence[Callable[[], object]], device: str, warmup: int, repeat: int,
-                        min_time_s: float = 0.0) -> list[float]:
-    """Median ms of each function, timed round-robin (one call of each per repetition), over at least ``repeat``
-    repetitions and at least ``min_time_s`` seconds."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    start = time.perf_counter()
-    while len(times[0]) < repeat or time.perf_counter() - start < min_time_s:
-        for fn, record in zip(fns, times):
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            record.append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(t) for t in times]
 
 
 @torch.inference_mode()
@@ -453,11 +437,7 @@ def report(rows: Sequence[BenchRow]) -> bool:
             checks.append((f"[{row.device}] reconstruction at B={row.batch}: {row.items_per_s:.1f} images/s = "
                            f"{100 * ratio:.0f}% of the bare encoder stack >= {100 * MIN_RECON_THROUGHPUT_RATIO:.0f}%",
                            ratio >= MIN_RECON_THROUGHPUT_RATIO))
-    if checks:
-        print("\ngoals")
-    for text, ok in checks:
-        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
-    return all(ok for _, ok in checks)
+    return print_goals(checks)
 
 
 def main(argv: list[str] | None = None) -> int:

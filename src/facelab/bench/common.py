@@ -59,6 +59,34 @@ def time_fn(fn: Callable[[], object], device: torch.device | str, warmup: int = 
     return statistics.median(times)
 
 
+
+def interleaved_medians(fns: Sequence[Callable[[], object]], device: torch.device | str, warmup: int, repeat: int,
+                        min_time_s: float = 0.0) -> list[float]:
+    """Median ms of each function, timed round-robin (one call of each per repetition, so machine noise hits all
+    sides alike), over at least ``repeat`` repetitions and at least ``min_time_s`` seconds."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    start = time.perf_counter()
+    while len(times[0]) < repeat or time.perf_counter() - start < min_time_s:
+        for fn, record in zip(fns, times):
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            record.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def print_goals(checks: Sequence[tuple[str, bool]]) -> bool:
+    """Print ``(text, passed)`` goal lines as PASS/FAIL; True when all pass (or there are none)."""
+    if checks:
+        print("\ngoals")
+    for text, ok in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
+    return all(ok for _, ok in checks)
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
