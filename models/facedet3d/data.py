@@ -39,6 +39,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from facelab.data.cache import write_npz_atomic
 from facelab.data.image_io import DataError
 from facelab.data.sampler import ResumableDataLoader, ResumableDistributedSampler
 from facelab.data.synthetic import SEGMENTATION_LABELS, SceneConfig, SyntheticFaceBatch, SyntheticFaceDataset
@@ -428,12 +429,7 @@ def save_detail_npz(path: str | os.PathLike, sample: FaceDetailBatch, source: st
     arrays = {f.name: getattr(sample, f.name).detach().cpu().numpy() for f in fields(sample)
               if isinstance(getattr(sample, f.name), Tensor)}
     arrays.update(camera_model=np.str_(sample.camera_model), source=np.str_(source))
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_npz_atomic(path, arrays)
 
 
 def load_detail_npz(path: str | os.PathLike) -> FaceDetailBatch:

@@ -80,6 +80,13 @@ def save_face(path: str | os.PathLike, record: FaceRecord) -> None:
     }
     if record.landmarks_fan is not None:
         arrays["landmarks_fan"] = np.asarray(record.landmarks_fan, np.float32)
+    write_npz_atomic(path, arrays)
+
+
+def write_npz_atomic(path: str | os.PathLike, arrays: dict) -> None:
+    """``np.savez_compressed`` to a temporary file beside ``path``, fsynced, then renamed: a reader (or a resumed
+    run) never sees a half-written file."""
+    path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     with open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
