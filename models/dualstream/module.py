@@ -75,7 +75,7 @@ def load_stage_checkpoint(modules: dict[str, nn.Module], path: str, config_key: 
         prefix = f"{name}."
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not sub:
-            log.info("DualStream: %s has no %s.* weights; that part keeps its initialisation", path, name)
+            log.warning("DualStream: %s has no %s.* weights; that part keeps its initialisation", path, name)
             continue
         load_state_dict_strict(module, sub, path, hint=f"set by {config_key}; same network settings as that run?")
         found.append(name)
