@@ -158,6 +158,25 @@ class _Attention(nn.Module):
     def keys(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.split(self.k(x)), self.split(self.v(x))
 
+    def fused(self) -> tuple[Tensor, Tensor]:
+        """The q, k, v projections stacked into one (3d, d) weight and (3d,) bias (one matmul per decoding step)."""
+        return (
+            torch.cat([self.q.weight, self.k.weight, self.v.weight]),
+            torch.cat([self.q.bias, self.k.bias, self.v.bias]),
+        )
+
+    def step(
+        self, x: Tensor, fused: tuple[Tensor, Tensor], cache: tuple[Tensor, Tensor], i: int, mask: Tensor
+    ) -> Tensor:
+        """Self-attention of the one new token ``x`` (B, 1, d) at position ``i``: its key / value go into the
+        preallocated ``cache`` (B, H, T, dh) x 2, the query attends to positions ``0..i`` (inference only)."""
+        q, k, v = (self.split(t) for t in F.linear(x, *fused).chunk(3, dim=-1))
+        kc, vc = cache
+        kc[:, :, i : i + 1] = k
+        vc[:, :, i : i + 1] = v
+        out = F.scaled_dot_product_attention(q, kc[:, :, : i + 1], vc[:, :, : i + 1], attn_mask=mask)
+        return self.o(out.transpose(1, 2).reshape(x.shape[0], 1, -1))
+
 
 class DecoderLayer(nn.Module):
     """A post-norm transformer decoder layer (``nn.TransformerDecoderLayer``'s arrangement, FaceFormer's):
@@ -177,12 +196,32 @@ class DecoderLayer(nn.Module):
         x: Tensor,
         self_kv: tuple[Tensor, Tensor],
         self_mask: Tensor,
-        cross_kv: tuple[Tensor, Tensor],
-        cross_mask: Tensor,
+        cross: tuple[Tensor, Tensor] | Tensor,
+        cross_mask: Tensor | None,
     ) -> Tensor:
+        """``cross``: the speech keys / values, or (diagonal alignment) the cross-attention's outputs themselves
+        (B, Tq, d): with one key per query the attention is ``O(V(speech_t))``."""
         x = self.norm1(x + self.drop1(self.self_attn.attend(x, *self_kv, self_mask)))
-        x = self.norm2(x + self.drop2(self.cross_attn.attend(x, *cross_kv, cross_mask)))
+        return self._rest(x, cross, cross_mask)
+
+    def _rest(self, x: Tensor, cross: tuple[Tensor, Tensor] | Tensor, cross_mask: Tensor | None) -> Tensor:
+        c = cross if isinstance(cross, Tensor) else self.cross_attn.attend(x, *cross, cross_mask)
+        x = self.norm2(x + self.drop2(c))
         return self.norm3(x + self.drop3(self.ff(x)))
+
+    def step(
+        self,
+        x: Tensor,
+        fused: tuple[Tensor, Tensor],
+        cache: tuple[Tensor, Tensor],
+        i: int,
+        self_mask: Tensor,
+        cross: tuple[Tensor, Tensor] | Tensor,
+        cross_mask: Tensor | None,
+    ) -> Tensor:
+        """:meth:`forward` of one new token at position ``i`` with a preallocated key / value cache (inference)."""
+        x = self.norm1(x + self.drop1(self.self_attn.step(x, fused, cache, i, self_mask)))
+        return self._rest(x, cross, cross_mask)
 
 
 class FaceFormerDecoder(nn.Module):
@@ -243,8 +282,14 @@ class FaceFormerDecoder(nn.Module):
                 f"long audio in windows (SpeechToArkit.predict)"
             )
 
-    def _cross(self, speech: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def _cross(self, speech: Tensor) -> list[tuple[Tensor, Tensor] | Tensor]:
+        if self.alignment_width == 0:  # diagonal: softmax over one key = 1, the output is O(V(speech_t))
+            return [layer.cross_attn.o(layer.cross_attn.v(speech)) for layer in self.layers]
         return [layer.cross_attn.keys(speech) for layer in self.layers]
+
+    @staticmethod
+    def _row(cross: tuple[Tensor, Tensor] | Tensor, i: int) -> tuple[Tensor, Tensor] | Tensor:
+        return cross[:, i : i + 1] if isinstance(cross, Tensor) else cross
 
     def inputs(self, targets: Tensor) -> Tensor:
         """(B, T, d) decoder inputs of teacher forcing: the start token, then the embedded ``targets[:, :-1]``."""
@@ -267,33 +312,50 @@ class FaceFormerDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, speech: Tensor, progress: Callable[[int], None] | None = None) -> Tensor:
         """Autoregressive inference: frame ``t`` from frames ``< t`` (its own outputs) and the speech features
-        its alignment mask allows; keys / values of past frames are cached (O(T) per frame)."""
-        return self.rollout(speech, progress)
+        its alignment mask allows; keys / values of past frames are cached in preallocated buffers (O(t) work
+        per frame)."""
+        return self.rollout(speech, progress, preallocate=True)
 
-    def rollout(self, speech: Tensor, progress: Callable[[int], None] | None = None) -> Tensor:
-        """The autoregressive loop of :meth:`generate`, differentiable (``training_mode: autoregressive``,
-        FaceFormer's own training)."""
+    def rollout(
+        self, speech: Tensor, progress: Callable[[int], None] | None = None, preallocate: bool = False
+    ) -> Tensor:
+        """The autoregressive loop of :meth:`generate`, differentiable unless ``preallocate`` (in-place caches:
+        inference only); ``training_mode: autoregressive`` trains through it (FaceFormer's own training)."""
         self._check(speech)
         b, t = speech.shape[:2]
         cross = self._cross(speech)
         cross_mask = alignment_mask(t, t, self.alignment_width).to(speech)
+        h, dh = self.h, self.d // self.h
+        if preallocate:
+            buffers = [(speech.new_empty(b, h, t, dh), speech.new_empty(b, h, t, dh)) for _ in self.layers]
+            fused = [layer.self_attn.fused() for layer in self.layers]
+        bias = self.bias.to(speech.dtype)
         caches: list[tuple[list[Tensor], list[Tensor]]] = [([], []) for _ in self.layers]
-        outputs = []
+        outputs = speech.new_empty(b, t, self.out_dim) if preallocate else []
         inp = self.start.expand(b, 1, self.d)
+        codes = self.ppe.code(torch.arange(t, device=speech.device))
         for i in range(t):
-            x = self.ppe(inp, start=i)
-            for layer, ckv, (ks, vs) in zip(self.layers, cross, caches):
+            x = self.ppe.dropout(inp + codes[i])
+            for n, (layer, ckv) in enumerate(zip(self.layers, cross)):
+                mask = bias[None, :, i : i + 1, : i + 1]
+                row = self._row(ckv, i)
+                cmask = None if isinstance(row, Tensor) else cross_mask[i : i + 1][None, None]
+                if preallocate:
+                    x = layer.step(x, fused[n], buffers[n], i, mask, row, cmask)
+                    continue
                 k, v = layer.self_attn.keys(x)
-                ks.append(k)
-                vs.append(v)
-                mask = self.bias[:, i : i + 1, : i + 1][None].to(x.dtype)
-                x = layer(x, (torch.cat(ks, 2), torch.cat(vs, 2)), mask, ckv, cross_mask[i : i + 1][None, None])
+                caches[n][0].append(k)
+                caches[n][1].append(v)
+                x = layer(x, (torch.cat(caches[n][0], 2), torch.cat(caches[n][1], 2)), mask, row, cmask)
             y = self.out(x)
-            outputs.append(y)
+            if preallocate:
+                outputs[:, i : i + 1] = y
+            else:
+                outputs.append(y)
             inp = self.motion_in(y)
             if progress is not None:
                 progress(1)
-        return torch.cat(outputs, dim=1)
+        return outputs if preallocate else torch.cat(outputs, dim=1)
 
 
 # ----------------------------------------------------------------------------------------------- speech encoder
@@ -459,7 +521,8 @@ class SpeechToArkit(nn.Module):
             audio: 16 kHz mono.
             overlap: frames shared by consecutive windows.
             window: frames per window (<= max_frames).
-            progress: called with the number of frames done after each frame.
+            progress: called with the number of new frames done (after each frame of a single pass, after each
+                window of a windowed one).
         """
         x = audio.reshape(1, -1) if audio.dim() == 1 else audio
         if x.shape[0] != 1:
@@ -481,7 +544,9 @@ class SpeechToArkit(nn.Module):
         starts = list(range(0, total - window, step)) + [total - window]
         for n, s in enumerate(starts):
             a, b = int(round(s * spf)), int(round((s + window) * spf))
-            y = self.generate(x[:, a:b], window, progress)[0]
+            y = self.generate(x[:, a:b], window)[0]
+            if progress is not None:  # the frames this window adds
+                progress(s + window - (starts[n - 1] + window if n else 0))
             w = torch.ones(window, 1, device=x.device)
             if n > 0 and overlap > 0:  # fade in over the overlap with the previous window
                 prev_end = starts[n - 1] + window
