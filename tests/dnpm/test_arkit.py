@@ -111,3 +111,16 @@ def test_live_link_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="52"):
         write_live_link_csv(tmp_path / "x.csv", np.zeros((5, 51)), fps=30)
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_ict_facekit_names_from_the_asset_folder():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[3] / "shared" / "assets" / "ict-facekit" / "FaceXModel"
+    if not folder.is_dir():
+        pytest.skip("ICT-FaceKit is not in shared/assets")
+    names = sorted(p.stem for p in folder.glob("*.obj") if not p.stem.startswith(("identity", "generic")))
+    m = arkit_to_names_matrix(names)
+    driven = {names[j] for j in range(len(names)) if m[:, j].any()}
+    assert driven == set(names) - {"cheekRaiser_L", "cheekRaiser_R", "PupilDilate_L", "PupilDilate_R"}
+    assert (m.sum(1) > 0).sum() == 51 and m[arkit_index("tongueOut")].sum() == 0
