@@ -96,7 +96,7 @@ fit-dualstream:
 fit-dnpm:
 	$(LCLI) fit --config configs/dnpm.yaml $(LOGGER) --model.init_args.total_kimg=1 --model.init_args.snapshot_every_kimg=1
 	$(LCLI) fit --config configs/dnpm_detailed3dmm.yaml $(LOGGER) --model.init_args.init_ckpt=$(call last,dnpm) \
-		--trainer.max_epochs=4
+		--trainer.max_epochs=1
 	$(VENV)/bin/facelab detail --method dnpm --ckpt $(call last,dnpm_detailed3dmm) --id random --exp smile \
 		--out $(FIT_LOGS)/dnpm_detail
 

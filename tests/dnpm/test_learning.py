@@ -10,10 +10,13 @@ maps at 32^2 (``configs/dnpm.yaml`` networks and recipe).
 
 Every number is printed beside its baselines (``pytest -s``); the asserts are margins over the best baseline.
 
-Measured (2026-12-02, 2 CPU cores shared with ~6 other jobs, 42 min): DNPM 6 kimg (40.7 min, ADA p 0.036):
-FD trained 1.566 vs untrained 34.751 vs mean map 3.775 (passes); projector PSNR trained 36.16 dB vs untrained
-33.86 dB vs mean map 32.80 dB (passes). Detailed3DMM after 4 epochs (0.2 min): PSNR 32.21 dB / SSIM 0.772 vs mean map
-32.14 dB / 0.786: **this bar is not met yet** (the encoder stage is far too short here; open).
+Measured (2026-12-02, quiet 2-core machine, 7.6 min in all): DNPM 30 kimg (5.5 min, ADA p 0.064): FD trained 0.512
+vs untrained 34.751 vs mean map 3.775; projector PSNR trained 39.41 dB vs untrained 33.86 dB vs mean map 32.80 dB.
+Detailed3DMM, 6 epochs on 800 identities x 8 expressions (1.9 min): PSNR 36.64 dB / SSIM 0.860 vs mean map
+32.14 dB / 0.786 vs untrained encoder 30.65 dB / 0.713. What it took (the bar failed before at 32.21 dB): a generator
+trained longer (6 kimg: the same encoder stage reaches 33.8 dB) and many identities (100: 32.8 dB, it memorises them);
+the smooth part of the truth (the maps without the per-identity pore layout, which no (id, exp) input can predict)
+scores 42.0 dB, the ceiling.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from facelab.metrics import psnr
 pytestmark = pytest.mark.slow
 
 RES = 32
-GAN_KIMG = 6.0
-D3_EPOCHS = 4
+GAN_KIMG = 30.0
+D3_EPOCHS = 6
+D3_IDENTITIES = 800  # the encoder generalises to new identities only from many (100: 32.8 dB, a bare +0.7)
 GAN = dict(resolution=RES, z_dim=64, w_dim=64, mapping_layers=8, channel_base=1024, channel_max=32, r1_gamma=0.05,
            ema_kimg=1.0, ada_kimg=100.0, render_size=0, log_every_kimg=1.0, snapshot_every_kimg=0.0)
 
@@ -100,15 +104,18 @@ def test_dnpm_and_detailed3dmm_learn_the_synthetic_detail(tmp_path):
     torch.save({"state_dict": gan.state_dict(), "hyper_parameters": dict(gan.hparams)}, ckpt)
     d3 = Detailed3DMMModule(init_ckpt=str(ckpt), resolution=RES, hidden=(128, 128, 128, 128, 128),
                             loss_weights=Detailed3DMMLossWeights(pixel=1.0, lpips=0.0), log_images_every_n_steps=0)
-    data8 = DisplacementDataModule(resolution=RES, batch_size=8, num_workers=0, num_train=100, num_val=16,
+    untrained_scores = detailed3dmm_scores(copy.deepcopy(d3.model).eval(), real, ids, exps, mean_map, span)
+    data8 = DisplacementDataModule(resolution=RES, batch_size=8, num_workers=0, num_train=D3_IDENTITIES, num_val=16,
                                    expressions_per_identity=8, scale_mm=data.scale_mm, persistent_workers=False)
     start = time.time()
     L.Trainer(accelerator="cpu", devices=1, max_epochs=D3_EPOCHS, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
               num_sanity_val_steps=0).fit(d3, data8)
     scores = detailed3dmm_scores(d3.model.eval(), real, ids, exps, mean_map, span)
-    print(f"{scores.format('Detailed3DMM (E_id,exp) on 128 held-out maps')} ({(time.time() - start) / 60:.1f} min)")
+    print(f"{scores.format('Detailed3DMM (E_id,exp) on 128 held-out maps')} ({(time.time() - start) / 60:.1f} min); "
+          f"untrained encoder {untrained_scores.psnr:.2f} dB / {untrained_scores.ssim:.3f}")
 
     assert fd_trained < 0.5 * min(fd_untrained, fd_mean)
     assert proj_trained > max(proj_untrained, proj_mean) + 1.0
-    assert scores.psnr > scores.baseline_psnr + 1.0 and scores.ssim > scores.baseline_ssim + 0.02
+    assert scores.psnr > max(scores.baseline_psnr, untrained_scores.psnr) + 1.0
+    assert scores.ssim > max(scores.baseline_ssim, untrained_scores.ssim) + 0.02
