@@ -109,6 +109,7 @@ class DetHModule(LightningModule):
             features (:class:`facedet3d.networks.FaceFeatures`; missing: WARNING and random frozen networks).
         grad_clip: gradient-norm clip of both steps (0: none).
         log_images_every_n_steps: TensorBoard grids (input map, target AUs, hallucination, mask, output, truth).
+        decoder_coords: :class:`DetH`'s UV coordinates at every decoder block (off: the paper's decoder).
     """
 
     def __init__(self, num_shape: int = 80, base_channels: int = 64, max_channels: int = 256, num_down: int = 2,
@@ -118,7 +119,7 @@ class DetHModule(LightningModule):
                  pair_fraction: float = 0.5, target_au_noise: float = 0.1, lr: float = 1e-4,
                  betas: tuple[float, float] = (0.5, 0.999), r1_gamma: float = 10.0, r1_interval: int = 16,
                  facenet_weights: str | None = None, age_weights: str | None = None, grad_clip: float = 0.0,
-                 log_images_every_n_steps: int = 500) -> None:
+                 log_images_every_n_steps: int = 500, decoder_coords: bool = False) -> None:
         super().__init__()
         if isinstance(loss_weights, dict):  # checkpoint hparams store it as a plain dict
             loss_weights = DetHLossWeights(**loss_weights)
@@ -130,7 +131,8 @@ class DetHModule(LightningModule):
         self.automatic_optimization = False
         self.deth = DetH(num_shape=num_shape, age_dim=age_dim, base_channels=base_channels,
                          max_channels=max_channels, num_down=num_down, num_bottleneck=num_bottleneck,
-                         vector_channels=vector_channels, max_displacement_mm=max_displacement_mm)
+                         vector_channels=vector_channels, max_displacement_mm=max_displacement_mm,
+                         decoder_coords=decoder_coords)
         self.discriminator = ExpressionDiscriminator(channels=discriminator_channels, spectral_norm=spectral_norm,
                                                      max_displacement_mm=max_displacement_mm)
         self.r1 = LazyR1(gamma=r1_gamma, interval=r1_interval)
@@ -277,7 +279,7 @@ def load_deth(path: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     ckpt = read_checkpoint(path, what="DetH checkpoint (configs/facedet3d_deth.yaml)", config_key="--deth")
     hp = dict(ckpt.get("hyper_parameters", {}))
     keep = ("num_shape", "base_channels", "max_channels", "num_down", "num_bottleneck", "vector_channels", "age_dim",
-            "max_displacement_mm")
+            "max_displacement_mm", "decoder_coords")
     deth = DetH(**{k: hp[k] for k in keep if k in hp})
     disc = ExpressionDiscriminator(channels=hp.get("discriminator_channels", [64, 128, 256, 512, 512]),
                                    spectral_norm=hp.get("spectral_norm", True),

@@ -6,6 +6,19 @@ Bar (issue 10): hallucinated error <= 0.7 x min(copy, zero); AU MAE below the me
 Measured 2026-12-02 (loaded 2-core machine, 300 batches of 8, 256 train / 64 val pairs at 64^2, lr 1e-3, weak 100,
 mask 0.01, adversarial 0.1, AU 0.1): untrained 0.0402 mm, copy 0.0402, zero 0.0332, trained 0.0303 (0.91 x zero:
 the 0.7 bar is NOT met yet); AU MAE 0.194 vs mean-AU 0.190.
+
+Diagnosis 2026-12-02 (second session, supervised-only probes of DetH on 256 cached train / 64 val pairs, L1 to the
+true target map, batch 8, Adam 1e-3; zero map 0.0332 mm, copy input 0.0402 at 64^2):
+- the signal is learnable and mostly a function of the target AUs: a linear map y -> 64^2 map (least squares)
+  reaches 0.0116 (0.35x zero); the same per-texel templates trained with L1/Adam reach 0.0193 after 300 steps;
+- DetH itself (no GAN) is the bottleneck, not the loss weights: 0.029-0.030 after 300-400 steps at 64^2 whatever
+  the lr (1e-4, 3e-4, 1e-3), input scaling (0.15 mm instead of 3 mm), output instance norm on/off or mask weight;
+  its output barely depends on y (changing y moves the map by ~0.01 mm); 1000 steps at 64^2: 0.0261 (0.79x);
+- at 32^2 with ``decoder_coords=True`` (UV coordinates at every decoder block) the same probe reaches 0.0178 after
+  1000 steps (0.53x zero; ~0.06 s/step), i.e. the bar is reachable by steps at a smaller map size. Not yet
+  disentangled: size vs ``decoder_coords``; not yet run with the GAN terms (this test as written).
+- D_Exp's AU head sees [map / 3 mm, u, v] through a spectral-normalised encoder: the map channel (~0.006 in those
+  units, std 0.12 mm) is dwarfed by the UV channels, which is the likely reason it predicts the mean AU.
 """
 
 from __future__ import annotations

@@ -78,3 +78,15 @@ def test_face_features_warn_and_are_frozen(capsys, tmp_path):
     torch.testing.assert_close(loaded.age_net.features.weight, age_net.features.weight)
     with pytest.raises(FileNotFoundError):
         FaceFeatures(facenet_weights=str(tmp_path / "missing.pt"))
+
+
+def test_deth_decoder_coords_option_reaches_every_decoder_block():
+    torch.manual_seed(0)
+    net = DetH(base_channels=8, max_channels=16, num_down=2, num_bottleneck=1, vector_channels=4, decoder_coords=True)
+    assert all(b.conv1.in_channels == b.norm1.num_features for b in (*net.bottleneck, *net.up))
+    assert net.up[0].norm1.num_features == 16 + 2 and net.bottleneck[0].norm1.num_features == 16 + 2
+    x = _inputs()
+    out = net(**x)
+    assert out.detail.shape == (2, 1, 32, 32)
+    out.detail.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
