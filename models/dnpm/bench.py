@@ -3,20 +3,24 @@ grouped-convolution modulated convolution against a per-sample reference loop.
 
 Run it with ``facelab bench dnpm [options]`` or ``python -m dnpm.bench [options]`` (same options; ``--help``).
 
-**Networks** (``--resolutions``, default 64 (the CPU-sized default) and 256; ``--batch`` B = 8): one forward and
-backward of the generator (``G(z)`` with mapping, random noise, loss ``mean(G(z)^2)``) and of the discriminator
-(``D(x).sum()`` on a (B, C, R, R) batch), each with ``--channel-base`` / ``--channel-max`` (default 8192 / 256, the
-CPU-sized default of :class:`facelab.nn.Generator`; the paper's 1024^2 model uses 32768 / 512). The generator is
-timed with both forms of the modulated convolution (``G/grouped``: one grouped conv per layer; ``G/nonfused``:
-activation scaling around one shared conv, StyleGAN2's training path and the Generator's default in training
-mode). ``kimg_per_s`` = thousands of images per second of that pass (a training step runs G forward+backward on
-about 1.5 B and D forward+backward on 2 B).
+**Networks** (``--resolutions``, default 32 (``configs/dnpm.yaml``, the CPU default) and 256; ``--batch`` B = 16,
+the config's): one forward and backward of the generator (``G(z)`` with mapping, random noise, loss
+``mean(G(z)^2)``) and of the discriminator (``D(x).sum()`` on a (B, C, R, R) batch), with the config's widths
+(``--channel-base`` / ``--channel-max`` 2048 / 64, ``--z-dim`` 128; the paper's 1024^2 model uses 32768 / 512 /
+512). The generator is timed with both forms of the modulated convolution (``G/grouped``: one grouped conv per
+layer; ``G/nonfused``: activation scaling around one shared conv, StyleGAN2's training path and the Generator's
+default in training mode). ``kimg_per_s`` = thousands of images per second of that pass (a training step runs G
+forward+backward on about 1.5 B and D forward+backward on 2 B).
 
-**Modulated convolution** (``--modconv-shapes`` CHANNELSxSIDE, default 128x16, 64x32, 32x64: I = O channels,
-3x3, demodulated; ``--modconv-batch`` 32, the paper's minibatch):
-forward + backward of :func:`facelab.nn.modulated_conv2d` (grouped, and ``fused=False``) against
+**Modulated convolution** (``--modconv-shapes`` CHANNELSxSIDE, default the CPU default's layers 64x4 .. 64x32 and
+two of the 256^2 network's, 128x16 and 32x64: I = O channels, 3x3, demodulated; ``--modconv-batch`` 32, the paper's
+minibatch): forward + backward of :func:`facelab.nn.modulated_conv2d` (grouped, and ``fused=False``) against
 :func:`facelab.nn.modulated_conv2d_reference` (Eq. 1 and 3 one sample at a time, a Python loop of convolutions).
-``speedup_vs_reference`` = reference ms / this ms. Goal: the grouped convolution >= 3x the reference.
+``speedup_vs_reference`` = reference ms / this ms. Goal: the grouped convolution >= 3x the reference; the report
+also states the non-fused form against the same goal. On CPUs the grouped form does *not* reach it (measured
+0.8-2x on one core: oneDNN's grouped convolution, and its backward, cost about as much as the B small convolutions
+of the loop, which are compute-bound there); the loop's cost on GPUs is B kernel launches per layer, which the one
+grouped launch removes. On CPUs the non-fused form is the fast one (4-7x at the CPU default's small layers).
 
 Every group of rows is timed interleaved (one call of each per repetition, ``--warmup`` untimed rounds, medians of
 at least ``--repeat`` rounds and ``--min-time`` seconds), so load from other processes hits all alike. On a shared
@@ -46,13 +50,15 @@ MIN_MODCONV_SPEEDUP = 3.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256], help="G/D resolutions")
-    parser.add_argument("--batch", type=int, default=8, help="batch size (a multiple of the mbstd group, 4)")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 256],
+                        help="G/D resolutions (32: configs/dnpm.yaml, the CPU default)")
+    parser.add_argument("--batch", type=int, default=16,
+                        help="batch size (a multiple of the mbstd group, 4; 16: configs/dnpm.yaml)")
     parser.add_argument("--channels", type=int, default=1, help="map channels (1: displacement)")
-    parser.add_argument("--channel-base", type=int, default=8192, help="network width numerator")
-    parser.add_argument("--channel-max", type=int, default=256, help="widest block")
-    parser.add_argument("--z-dim", type=int, default=512, help="latent and style size (z_dim = w_dim)")
-    parser.add_argument("--modconv-shapes", nargs="+", default=["128x16", "64x32", "32x64"],
+    parser.add_argument("--channel-base", type=int, default=2048, help="network width numerator (configs/dnpm.yaml)")
+    parser.add_argument("--channel-max", type=int, default=64, help="widest block (configs/dnpm.yaml)")
+    parser.add_argument("--z-dim", type=int, default=128, help="latent/style size (z = w; configs/dnpm.yaml)")
+    parser.add_argument("--modconv-shapes", nargs="+", default=["64x4", "64x8", "64x16", "64x32", "128x16", "32x64"],
                         help="modulated conv layers as CHANNELSxSIDE (in = out channels, 3x3, demodulated)")
     parser.add_argument("--modconv-batch", type=int, default=32, help="modulated conv batch (paper minibatch: 32)")
     parser.add_argument("--skip-networks", action="store_true", help="only the modulated convolution")
@@ -154,15 +160,21 @@ def run(args: argparse.Namespace) -> list[BenchRow]:
 
 
 def report(rows: Sequence[BenchRow]) -> bool:
-    """Print the goal with pass/fail; True when it passes wherever it was measured."""
-    checks = []
+    """Print the goal (grouped modulated conv >= 3x the per-sample reference) with pass/fail, and the non-fused form
+    beside it; True when the grouped form passes wherever it was measured."""
+    checks, informative = [], []
     for row in rows:
-        if row.impl.startswith("modconv/grouped@"):
-            speedup = row.extra["speedup_vs_reference"]
-            checks.append((f"[{row.device}] grouped modulated conv {row.impl.split('@')[1]} (B={row.batch}) "
-                           f"{speedup:.1f}x the per-sample reference >= {MIN_MODCONV_SPEEDUP:.0f}x",
-                           speedup >= MIN_MODCONV_SPEEDUP))
-    return print_goals(checks)
+        for form, into in (("grouped", checks), ("nonfused", informative)):
+            if row.impl.startswith(f"modconv/{form}@"):
+                speedup = row.extra["speedup_vs_reference"]
+                into.append((f"[{row.device}] {form} modulated conv {row.impl.split('@')[1]} (B={row.batch}) "
+                             f"{speedup:.1f}x the per-sample reference >= {MIN_MODCONV_SPEEDUP:.0f}x",
+                             speedup >= MIN_MODCONV_SPEEDUP))
+    passed = print_goals(checks)
+    if informative:
+        print("the non-fused form (StyleGAN2's training path) against the same goal, for comparison:")
+        print_goals(informative)
+    return passed
 
 
 def main(argv: list[str] | None = None) -> int:
