@@ -15,8 +15,9 @@ true target map, batch 8, Adam 1e-3; zero map 0.0332 mm, copy input 0.0402 at 64
   the lr (1e-4, 3e-4, 1e-3), input scaling (0.15 mm instead of 3 mm), output instance norm on/off or mask weight;
   its output barely depends on y (changing y moves the map by ~0.01 mm); 1000 steps at 64^2: 0.0261 (0.79x);
 - at 32^2 with ``decoder_coords=True`` (UV coordinates at every decoder block) the same probe reaches 0.0178 after
-  1000 steps (0.53x zero; ~0.06 s/step), i.e. the bar is reachable by steps at a smaller map size. Not yet
-  disentangled: size vs ``decoder_coords``; not yet run with the GAN terms (this test as written).
+  1000 steps (0.53x zero; ~0.06 s/step) and the paper's decoder (``decoder_coords=False``) 0.0187 (0.56x): the map
+  size (and so the steps a CPU budget buys) is what decides, the coordinates help a little. Next: this test at
+  ``map_size=32`` for ~2000 batches; not yet run with the GAN terms.
 - D_Exp's AU head sees [map / 3 mm, u, v] through a spectral-normalised encoder: the map channel (~0.006 in those
   units, std 0.12 mm) is dwarfed by the UV channels, which is the likely reason it predicts the mean AU.
 """
