@@ -66,7 +66,8 @@ method = Method(
                 "dnpm-speech": Benchmark("dnpm.bench_speech", "speech -> ARKit inference real-time factor (goal >= 20x "
                                                               "on CPU at 30 fps) and peak memory of a 10-min clip")},
     configs={"gan": "configs/dnpm.yaml", "gan_1024": "configs/dnpm_1024.yaml",
-             "detailed3dmm": "configs/dnpm_detailed3dmm.yaml", "speech": "configs/dnpm_speech.yaml"},
+             "detailed3dmm": "configs/dnpm_detailed3dmm.yaml", "speech": "configs/dnpm_speech.yaml",
+             "restore": "configs/dnpm_restore.yaml", "regressor": "configs/dnpm_regressor.yaml"},
     actions={
         "detail": ActionEntry(run=_detail, add_arguments=_detail_arguments,
                               help="displacement map + detailed mesh from (identity, expression) with a Detailed3DMM "
