@@ -31,18 +31,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
 from facelab.bench.common import (
     BenchRow,
     available_devices,
+    bench_main,
     interleaved_medians,
     peak_memory_mb,
     print_goals,
-    print_table,
-    write_csv,
 )
 from facelab.nn import Discriminator, Generator, modulated_conv2d, modulated_conv2d_reference
 
@@ -178,16 +176,8 @@ def report(rows: Sequence[BenchRow]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dnpm.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--csv", type=Path, default=Path("bench_results") / "dnpm.csv", help="CSV output")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    rows = run(args)
-    print_table(rows, title="dnpm: StyleGAN2 training passes and the modulated convolution")
-    report(rows)
-    print(f"\nwrote {write_csv(rows, args.csv)}")
-    return 0
+    title = "dnpm: StyleGAN2 training passes and the modulated convolution"
+    return bench_main(argv, "dnpm.bench", __doc__, "dnpm", title, add_arguments, run, report)
 
 
 if __name__ == "__main__":

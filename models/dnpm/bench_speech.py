@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
 from facelab.bench.common import (
     BenchRow,
     available_devices,
+    bench_main,
     interleaved_medians,
     peak_memory_mb,
     print_goals,
-    print_table,
-    write_csv,
 )
 
 MIN_RTF = 20.0
@@ -146,16 +144,8 @@ def report(rows: Sequence[BenchRow]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dnpm.bench_speech", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--csv", type=Path, default=Path("bench_results") / "dnpm_speech.csv", help="CSV output")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    rows = run(args)
-    print_table(rows, title="dnpm-speech: speech -> ARKit inference (real-time factor, peak memory)")
-    report(rows)
-    print(f"\nwrote {write_csv(rows, args.csv)}")
-    return 0
+    title = "dnpm-speech: speech -> ARKit inference (real-time factor, peak memory)"
+    return bench_main(argv, "dnpm.bench_speech", __doc__, "dnpm_speech", title, add_arguments, run, report)
 
 
 if __name__ == "__main__":

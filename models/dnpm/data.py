@@ -65,7 +65,7 @@ from facelab.data.detail_maps import (
     displacement_std_mm,
 )
 from facelab.data.image_io import DataError
-from facelab.data.sampler import ResumableDataLoader, ResumableDistributedSampler
+from facelab.data.sampler import ResumableDataLoader, resumable_train_loader
 from facelab.data.synthetic import SceneConfig
 
 __all__ = [
@@ -622,11 +622,7 @@ class DisplacementDataModule(LightningDataModule):
                       pin_memory=hp.pin_memory, persistent_workers=hp.persistent_workers and hp.num_workers > 0)
         if split != "train":
             return DataLoader(self.datasets[split], shuffle=False, **kwargs)
-        trainer = getattr(self, "_trainer", None)
-        sampler = ResumableDistributedSampler(self.datasets[split], shuffle=True, seed=hp.seed,
-                                              num_replicas=trainer.world_size if trainer is not None else None,
-                                              rank=trainer.global_rank if trainer is not None else None)
-        return ResumableDataLoader(self.datasets[split], sampler=sampler, drop_last=True, **kwargs)
+        return resumable_train_loader(self.datasets[split], self, hp.seed, **kwargs)
 
     def train_dataloader(self) -> ResumableDataLoader:
         return self._loader("train")

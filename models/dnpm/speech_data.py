@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dnpm.arkit import NUM_ARKIT, arkit_index, read_live_link_csv
 from facelab.data.image_io import DataError
-from facelab.data.sampler import ResumableDataLoader, ResumableDistributedSampler
+from facelab.data.sampler import ResumableDataLoader, resumable_train_loader
 
 __all__ = [
     "CONSONANTS",
@@ -659,15 +659,7 @@ class SpeechDataModule(LightningDataModule):
         )
         if split != "train":
             return DataLoader(self.datasets[split], shuffle=False, **kwargs)
-        trainer = getattr(self, "_trainer", None)
-        sampler = ResumableDistributedSampler(
-            self.datasets[split],
-            shuffle=True,
-            seed=hp.seed,
-            num_replicas=trainer.world_size if trainer is not None else None,
-            rank=trainer.global_rank if trainer is not None else None,
-        )
-        return ResumableDataLoader(self.datasets[split], sampler=sampler, drop_last=True, **kwargs)
+        return resumable_train_loader(self.datasets[split], self, hp.seed, **kwargs)
 
     def train_dataloader(self) -> ResumableDataLoader:
         return self._loader("train")

@@ -36,7 +36,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from facelab.data.sampler import ResumableDataLoader, ResumableDistributedSampler
+from facelab.data.sampler import ResumableDataLoader, resumable_train_loader
 from facelab.data.synthetic import SceneConfig, SyntheticFaceDataset
 from facelab.errors import AssetFormatError, MissingAssetError
 from facelab.log import get_logger
@@ -366,12 +366,7 @@ class TextureDataModule(LightningDataModule):
 
     def train_dataloader(self) -> ResumableDataLoader:
         self.setup("fit")
-        trainer = getattr(self, "_trainer", None)
-        ds = self.datasets["train"]
-        sampler = ResumableDistributedSampler(ds, shuffle=True, seed=self.hparams.seed,
-                                              num_replicas=trainer.world_size if trainer is not None else None,
-                                              rank=trainer.global_rank if trainer is not None else None)
-        return ResumableDataLoader(ds, sampler=sampler, drop_last=True, **self._kwargs())
+        return resumable_train_loader(self.datasets["train"], self, self.hparams.seed, **self._kwargs())
 
     def val_dataloader(self) -> DataLoader:
         self.setup("fit")

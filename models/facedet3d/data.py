@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from facelab.data.cache import write_npz_atomic
 from facelab.data.image_io import DataError
-from facelab.data.sampler import ResumableDataLoader, ResumableDistributedSampler
+from facelab.data.sampler import resumable_train_loader
 from facelab.data.synthetic import SEGMENTATION_LABELS, SceneConfig, SyntheticFaceBatch, SyntheticFaceDataset
 from facelab.data.wrinkles import AU_NAMES
 from facelab.morphable import MeshOutput, MorphableModel
@@ -698,12 +698,8 @@ class _PatchDataset(Dataset):
 
 # --------------------------------------------------------------------------------------------------- DataModules
 def _train_loader(ds: Dataset, module: LightningDataModule, batch_size: int, workers: int, seed: int, collate):
-    trainer = getattr(module, "_trainer", None)
-    sampler = ResumableDistributedSampler(ds, shuffle=True, seed=seed,
-                                          num_replicas=trainer.world_size if trainer is not None else None,
-                                          rank=trainer.global_rank if trainer is not None else None)
-    return ResumableDataLoader(ds, sampler=sampler, drop_last=True, batch_size=batch_size, num_workers=workers,
-                               collate_fn=collate, persistent_workers=workers > 0)
+    return resumable_train_loader(ds, module, seed, batch_size=batch_size, num_workers=workers,
+                                  collate_fn=collate, persistent_workers=workers > 0)
 
 
 class _Memo(Dataset):

@@ -61,7 +61,6 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -70,13 +69,12 @@ from torch import nn
 from facelab.bench.common import (
     BenchRow,
     available_devices,
+    bench_main,
     interleaved_medians,
     peak_memory_mb,
     print_goals,
-    print_table,
     proc_status_kb,
     synchronize,
-    write_csv,
 )
 
 #: The stages a training step is split into, in the order the table lists them.
@@ -441,16 +439,8 @@ def report(rows: Sequence[BenchRow]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smirk.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--csv", type=Path, default=Path("bench_results") / "smirk.csv", help="CSV output")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    rows = run(args)
-    print_table(rows, title="smirk: training-step profile and inference")
-    report(rows)
-    print(f"\nwrote {write_csv(rows, args.csv)}")
-    return 0
+    title = "smirk: training-step profile and inference"
+    return bench_main(argv, "smirk.bench", __doc__, "smirk", title, add_arguments, run, report)
 
 
 if __name__ == "__main__":

@@ -180,3 +180,30 @@ def proc_status_kb(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise OSError(f"no {field} in /proc/self/status")
+
+
+def bench_main(argv: Sequence[str] | None, module: str, doc: str, name: str, title: str,
+               add_arguments: Callable, run: Callable, report: Callable) -> int:
+    """The ``python -m <module>`` entry of a method's benchmark: parse ``--device``, ``--csv`` and the bench's own
+    options, run it, print the table and its goals, write the CSV (``bench_results/<name>.csv`` by default).
+
+    Args:
+        argv: command-line arguments (None: ``sys.argv``).
+        module: the module run with ``python -m`` (the program name).
+        doc: the module docstring (its first line is the description).
+        name: the CSV's default stem.
+        title: the table's title.
+        add_arguments, run, report: the bench's ``add_arguments(parser)``, ``run(args) -> rows``, ``report(rows)``.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--csv", type=Path, default=Path("bench_results") / f"{name}.csv", help="CSV output")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    rows = run(args)
+    print_table(rows, title=title)
+    report(rows)
+    print(f"\nwrote {write_csv(rows, args.csv)}")
+    return 0

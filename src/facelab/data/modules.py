@@ -34,7 +34,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import ConcatDataset, DataLoader
 
 from facelab.data.datasets import CachedFaceDataset, FaceCropSample, open_cache
-from facelab.data.sampler import MixedBatchSampler, ResumableDataLoader, ResumableDistributedSampler
+from facelab.data.sampler import MixedBatchSampler, ResumableDataLoader, resumable_train_loader
 from facelab.data.synthetic import SceneConfig, SyntheticFaceDataset, SyntheticFaceSample
 
 __all__ = ["CachedFaceDataModule", "SyntheticFaceDataModule"]
@@ -134,11 +134,7 @@ class SyntheticFaceDataModule(LightningDataModule):
                       persistent_workers=self.hparams.persistent_workers and workers > 0)
         if split != "train":
             return DataLoader(self.datasets[split], shuffle=False, **kwargs)
-        trainer = getattr(self, "_trainer", None)
-        sampler = ResumableDistributedSampler(self.datasets[split], shuffle=True, seed=self.hparams.seed,
-                                              num_replicas=trainer.world_size if trainer is not None else None,
-                                              rank=trainer.global_rank if trainer is not None else None)
-        return ResumableDataLoader(self.datasets[split], sampler=sampler, drop_last=True, **kwargs)
+        return resumable_train_loader(self.datasets[split], self, self.hparams.seed, **kwargs)
 
     def train_dataloader(self) -> ResumableDataLoader:
         return self._loader("train")

@@ -41,7 +41,8 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampl
 
 from facelab.log import get_logger
 
-__all__ = ["MixedBatchSampler", "ResumableDataLoader", "ResumableDistributedSampler", "split_counts"]
+__all__ = ["MixedBatchSampler", "ResumableDataLoader", "ResumableDistributedSampler", "resumable_train_loader",
+           "split_counts"]
 
 log = get_logger(__name__)
 
@@ -323,3 +324,20 @@ class _CountingIterator:
 
 def _stateful(obj) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
+def resumable_train_loader(dataset, module: Any, seed: int, **loader_kwargs) -> ResumableDataLoader:
+    """The training loader of a DataModule: shuffled by a :class:`ResumableDistributedSampler` over the ranks of
+    ``module``'s trainer (``seed``; the whole dataset when it has no trainer yet), whole batches only, resumable.
+
+    Args:
+        dataset: the training split.
+        module: the ``LightningDataModule`` (its ``trainer``, when attached, gives the world size and rank).
+        seed: shuffling seed (the same on every rank).
+        loader_kwargs: the other ``DataLoader`` arguments (``batch_size``, ``num_workers``, ``collate_fn``, ...).
+    """
+    trainer = getattr(module, "_trainer", None)
+    sampler = ResumableDistributedSampler(dataset, shuffle=True, seed=seed,
+                                          num_replicas=trainer.world_size if trainer is not None else None,
+                                          rank=trainer.global_rank if trainer is not None else None)
+    return ResumableDataLoader(dataset, sampler=sampler, drop_last=True, **loader_kwargs)
