@@ -25,6 +25,12 @@ __all__ = [
 ]
 
 
+def _demodulation_coefficients(weight: Tensor, styles: Tensor, eps: float) -> Tensor:
+    """Eq. 3's ``1 / sqrt(sum_{i,k} (s_{b,i} w_{o,i,k})^2 + eps)`` as (B, O), from (O, I, k, k) weights and (B, I)
+    styles: ``(s^2) @ (sum_k w^2)^T``, without building the per-sample weights."""
+    return (styles.square() @ weight.square().sum(dim=(2, 3)).t() + eps).rsqrt()
+
+
 def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True, padding: int | None = None,
                      upsample: bool = False, eps: float = 1e-8, fused: bool = True) -> Tensor:
     """A convolution whose weights are scaled per sample by a style (StyleGAN2 Eq. 1) and optionally demodulated
@@ -62,12 +68,18 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         y = F.conv2d(x * styles[:, :, None, None], weight, padding=pad)  # Eq. 1 applied to the input
         if demodulate:  # Eq. 3: sigma_{b,o} = sqrt(sum_{i,k} (s_{b,i} w_{o,i,k})^2 + eps)
-            dcoefs = (styles.square() @ weight.square().sum(dim=(2, 3)).t() + eps).rsqrt()  # (B, O)
+            dcoefs = _demodulation_coefficients(weight, styles, eps)  # (B, O)
             y = y * dcoefs[:, :, None, None]
         return y
-    w = weight[None] * styles[:, None, :, None, None]  # (B, O, I, k, k), Eq. 1
-    if demodulate:
-        w = w * (w.square().sum(dim=(2, 3, 4), keepdim=True) + eps).rsqrt()  # Eq. 3
+    # Eq. 1 and 3 folded into one (B, O, I) scale before the single broadcast over the kernel: the demodulation
+    # coefficients are computed from the styles and the shared weights' squared norms, (B, I) @ (I, O), never
+    # from the (B, O, I, k, k) tensor, so the per-sample weights are built with one multiply (and their gradient
+    # with one multiply-reduce per input) instead of five elementwise passes over B x O x I x k^2 values.
+    scale = styles[:, None, :]  # (B, 1, I), Eq. 1
+    if demodulate:  # Eq. 3: 1 / sqrt(sum_{i,k} (s_{b,i} w_{o,i,k})^2 + eps)
+        dcoefs = _demodulation_coefficients(weight, styles, eps)  # (B, O)
+        scale = scale * dcoefs[:, :, None]  # (B, O, I)
+    w = weight[None] * scale[..., None, None]  # (B, O, I, k, k)
     if upsample:
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
     h, wd = x.shape[-2:]
