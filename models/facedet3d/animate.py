@@ -13,17 +13,18 @@
 * ``_<label>_detail.png`` / ``.npy``: the hallucinated detail map D~(I_y) (Eq. 2-4; with ``--rcan`` super-resolved
   twice to 16x its side, Eq. 9, else DetH's 256^2 with a warning): 16-bit PNG in the FDS encoding
   ``(d + 1) / 2 * 65535`` with d in millimetres (clipped to +-1 mm) and the float map in mm;
-* ``_<label>_mesh.obj``: the proxy mesh (shape alpha_s, the input's BFM expression) subdivided and displaced along
-  its normals by the map, with UVs;
+* ``_<label>_mesh.obj``: the proxy mesh of the target (shape alpha_s, target expression alpha^_e, Eq. 3)
+  subdivided and displaced along its normals by the map, with UVs; ``_<label>_expression.npy``: alpha^_e;
 * ``_<label>_shading.png``: the SH shading of the detailed geometry (gray albedo, the photo's light);
 * ``_<label>_render.png``: R's render (Eq. 3, 13) over the photo's background; ``_<label>_yaw<deg>.png`` (and
   ``_<label>_yaw<deg>_shading.png``) per ``--views`` angle;
 * ``_grid.png``: input, reconstruction (the input's own detail and AUs) and one column per target; rows: renders,
   detailed shadings, one render row per view (Fig. 4 / Fig. 5).
 
-The BFM expression of the geometry stays the input's: AU targets carry no BFM expression coefficients, so the
-detail (wrinkles) and R's appearance carry the new expression. A face's files are written to a temporary folder and
-moved into ``OUT`` when all of them exist, so nothing is half-written.
+The target geometry's BFM expression is ``alpha^_e = alpha_e + (y - x) W`` from the AU -> expression map that the
+DetH checkpoint fitted on its training faces (:mod:`facedet3d.expression`); a checkpoint without one (from before
+it existed) keeps the input's expression, with a warning, so only the detail and R's appearance change. A face's
+files are written to a temporary folder and moved into ``OUT`` when all of them exist, so nothing is half-written.
 """
 
 from __future__ import annotations
@@ -186,21 +187,26 @@ def animate_face(face, name: str, targets: list[tuple[str, Tensor]], nets: dict,
         tmp.mkdir(parents=True)
         for label, au in targets:
             y = au[None].to(device)
+            expression = b.expression
+            if nets["expression_map"].fitted:  # Eq. 3's alpha^_e
+                expression = nets["expression_map"].target_expression(b.expression, b.action_units, y)
+            target_verts = b.proxy_mesh(model, expression=expression).verts
             detail = nets["deth"](b.detail, b.detail_mask, b.action_units, y, b.shape, b.face_id, b.age).detail
             if nets["rcan"] is not None:
                 detail = _upscale(nets["rcan"], detail, options.rcan_tile, options.rcan_overlap)
             stem = tmp / f"{name}_{label}"
             _save_detail(stem, detail)
-            verts = mapper(mesh.verts, detail, scale=mm)
+            np.save(f"{stem}_expression.npy", expression[0].cpu().numpy().astype(np.float32))
+            verts = mapper(target_verts, detail, scale=mm)
             write_obj(f"{stem}_mesh.obj", verts[0].cpu().numpy(), mapper.faces.cpu().numpy(),
                       mapper.uv.cpu().numpy(), mapper.faces_uv.cpu().numpy())
-            rendered, shading = draw(mesh.verts, detail, y)
+            rendered, shading = draw(target_verts, detail, y)
             _save_png(Path(f"{stem}_render.png"), rendered)
             _save_png(Path(f"{stem}_shading.png"), shading)
             columns.append(rendered)
             shadings.append(shading)
             for row, yaw in zip(view_rows, views):
-                view_render, view_shading = draw(_yawed(mesh.verts, yaw), detail, y)
+                view_render, view_shading = draw(_yawed(target_verts, yaw), detail, y)
                 _save_png(Path(f"{stem}_yaw{yaw:+.0f}.png"), view_render)
                 _save_png(Path(f"{stem}_yaw{yaw:+.0f}_shading.png"), view_shading)
                 row.append(view_render)
@@ -232,7 +238,12 @@ def _load_networks(options: argparse.Namespace) -> dict:
                        ("render", "the rendering network R (configs/facedet3d_render.yaml)")):
         if not getattr(options, flag):
             raise ValueError(f"facedet3d animate needs --{flag} CKPT: {what}")
-    deth, _ = load_deth(options.deth, options.device)
+    deth, _, expression_map = load_deth(options.deth, options.device, with_expression_map=True)
+    if not expression_map.fitted:
+        _log.warning("the DetH checkpoint %s has no AU -> expression map (saved before facedet3d.expression existed, "
+                     "or before its first training step): the target meshes keep the input's BFM expression and only "
+                     "the detail and the render show the target expression; retrain or fine-tune DetH to get it",
+                     options.deth)
     render = load_render(options.render, options.device, options.image_size)
     rcan = None
     if options.rcan:
@@ -243,7 +254,8 @@ def _load_networks(options: argparse.Namespace) -> dict:
         warn_missing_weights("--rcan", "RCAN super-resolution (configs/facedet3d_rcan.yaml)",
                              "the detail maps stay at DetH's 256^2 (Eq. 9 skipped): fine wrinkles are coarser in "
                              "the maps and meshes", logger=__name__)
-    return {"deth": deth, "render": render, "rcan": rcan, "features": _LazyFeatures(options)}
+    return {"deth": deth, "render": render, "rcan": rcan, "features": _LazyFeatures(options),
+            "expression_map": expression_map}
 
 
 class _LazyFeatures:

@@ -15,18 +15,23 @@ All weights are :class:`DetHLossWeights` (YAML ``model.init_args.loss_weights``)
 masked means over the valid texels. Validation measures the hallucinated map against the *true* target map
 beside the "copy the input" and "zero" answers, and D_Exp's AU error on real held-out maps beside the mean-AU
 answer.
+
+The module also fits the AU -> BFM expression map that gives the target geometry at inference
+(:mod:`facedet3d.expression`) on its training faces and stores it in the checkpoint.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from facedet3d.data import DetailPairBatch, FaceDetailBatch
+from facedet3d.expression import AUExpressionMap
 from facedet3d.networks import DetH, DetHOutput, ExpressionDiscriminator, FaceFeatures
 from facelab.io.weights import load_state_dict_strict, read_checkpoint
 from facelab.losses import discriminator_loss, generator_loss, total_variation
@@ -35,6 +40,8 @@ from facelab.training import GuardedStep, ImageGridLogger, tensorboard_writer
 
 __all__ = ["DetHLossWeights", "DetHModule", "au_bars", "detail_image", "load_deth", "masked_l1",
            "random_target_aus"]
+
+EXPRESSION_MAP_KEY = "facedet3d_au_expression_map"  # checkpoint entry of the AU -> expression map
 
 
 @dataclass
@@ -99,7 +106,9 @@ class DetHModule(LightningModule):
         base_channels, max_channels, num_down, num_bottleneck, vector_channels, age_dim: :class:`DetH`'s settings.
         discriminator_channels: D_Exp's encoder widths (:class:`ExpressionDiscriminator`).
         spectral_norm: spectral normalisation in D_Exp's realism paths.
-        max_displacement_mm: map scale of both networks and DetH's tanh head.
+        max_displacement_mm: DetH's tanh head scale (mm).
+        input_scale_mm: both networks see the maps divided by this (about the maps' standard deviation; see
+            :class:`facedet3d.networks.ExpressionDiscriminator`).
         loss_weights: :class:`DetHLossWeights`.
         pair_fraction: share of same-identity samples that take the pair's target (weak supervision).
         target_au_noise: the U(-a, a) jitter of the random targets.
@@ -110,6 +119,8 @@ class DetHModule(LightningModule):
         grad_clip: gradient-norm clip of both steps (0: none).
         log_images_every_n_steps: TensorBoard grids (input map, target AUs, hallucination, mask, output, truth).
         decoder_coords: :class:`DetH`'s UV coordinates at every decoder block (off: the paper's decoder).
+        expression_ridge: ridge weight of the AU -> BFM expression map fitted on the training faces and stored in
+            the checkpoint (:mod:`facedet3d.expression`; the target geometry ``alpha^_e`` of Eq. 3 at inference).
     """
 
     def __init__(self, num_shape: int = 80, base_channels: int = 64, max_channels: int = 256, num_down: int = 2,
@@ -119,7 +130,8 @@ class DetHModule(LightningModule):
                  pair_fraction: float = 0.5, target_au_noise: float = 0.1, lr: float = 1e-4,
                  betas: tuple[float, float] = (0.5, 0.999), r1_gamma: float = 10.0, r1_interval: int = 16,
                  facenet_weights: str | None = None, age_weights: str | None = None, grad_clip: float = 0.0,
-                 log_images_every_n_steps: int = 500, decoder_coords: bool = False) -> None:
+                 log_images_every_n_steps: int = 500, decoder_coords: bool = False,
+                 input_scale_mm: float = 0.15, expression_ridge: float = 1e-3) -> None:
         super().__init__()
         if isinstance(loss_weights, dict):  # checkpoint hparams store it as a plain dict
             loss_weights = DetHLossWeights(**loss_weights)
@@ -132,12 +144,14 @@ class DetHModule(LightningModule):
         self.deth = DetH(num_shape=num_shape, age_dim=age_dim, base_channels=base_channels,
                          max_channels=max_channels, num_down=num_down, num_bottleneck=num_bottleneck,
                          vector_channels=vector_channels, max_displacement_mm=max_displacement_mm,
-                         decoder_coords=decoder_coords)
+                         decoder_coords=decoder_coords, input_scale_mm=input_scale_mm)
         self.discriminator = ExpressionDiscriminator(channels=discriminator_channels, spectral_norm=spectral_norm,
-                                                     max_displacement_mm=max_displacement_mm)
+                                                     max_displacement_mm=max_displacement_mm,
+                                                     input_scale_mm=input_scale_mm)
         self.r1 = LazyR1(gamma=r1_gamma, interval=r1_interval)
         self.register_buffer("au_mean", torch.zeros(17))
         self.register_buffer("au_count", torch.zeros(()))
+        self.expression_map = AUExpressionMap(ridge=expression_ridge)
         self.features: FaceFeatures | None = None
         self.image_grid = ImageGridLogger(log_images_every_n_steps, max_images=6)
         self.guard_d = GuardedStep.for_lightning(self, name="DetHModule/D_Exp")
@@ -210,6 +224,7 @@ class DetHModule(LightningModule):
         features = self.identity_features(src)
         y, use_pair = self.choose_targets(batch)
         self._update_au_mean(src.action_units)
+        self._update_expression_map(batch)
         with torch.no_grad():
             fake = self.hallucinate(src, y, features=features).detail
         self.toggle_optimizer(opt_d)
@@ -236,6 +251,22 @@ class DetHModule(LightningModule):
         self.au_mean.mul_(self.au_count / total).add_(aus.detach().sum(0) / total)
         self.au_count.fill_(float(total))
 
+    def _update_expression_map(self, batch: DetailPairBatch) -> None:
+        """Both faces of every pair are training faces with AUs and a BFM expression (:mod:`facedet3d.expression`);
+        the statistics are summed over DDP ranks so every rank (and the checkpoint) holds the same fit."""
+        aus = torch.cat([batch.source.action_units, batch.target.action_units])
+        exp = torch.cat([batch.source.expression, batch.target.expression])
+        reduce = None
+        if self._trainer is not None and self.trainer.world_size > 1:
+            reduce = partial(self.trainer.strategy.reduce, reduce_op="sum")
+        self.expression_map.update(aus, exp, reduce=reduce)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[EXPRESSION_MAP_KEY] = self.expression_map.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.expression_map = AUExpressionMap.from_state_dict(checkpoint.get(EXPRESSION_MAP_KEY))
+
     def _log_images(self, batch: DetailPairBatch, y: Tensor, out: DetHOutput, batch_idx: int) -> None:
         writer = tensorboard_writer(self.logger, self.global_rank)
         if not self.image_grid.due(batch_idx, writer):
@@ -251,17 +282,26 @@ class DetHModule(LightningModule):
     @torch.no_grad()
     def evaluate_pairs(self, batch: DetailPairBatch) -> dict[str, Tensor]:
         """Errors toward the *true* target maps of same-identity pairs (mm) with their baselines, and D_Exp's AU
-        MAE on the real target maps with the mean-AU baseline."""
+        MAE on the real target maps with the mean-AU baseline; once the AU -> expression map has seen training
+        faces, the mean squared error of the target BFM expression it gives (Eq. 3's ``alpha^_e``) beside the
+        copy-the-input answer, on the same-identity pairs."""
         src, tgt = batch.source, batch.target
         mask = src.detail_mask * tgt.detail_mask * batch.same_identity.float()[:, None, None, None]
         out = self.hallucinate(src, tgt.action_units)
         au = self.discriminator(tgt.detail).heads["au"]
+        extra = {}
+        if self.expression_map.fitted:
+            same = batch.same_identity.bool()
+            pred = self.expression_map.target_expression(src.expression, src.action_units, tgt.action_units)
+            extra = {"expression_mse": (pred - tgt.expression)[same].square().mean(),
+                     "expression_mse_copy_input": (src.expression - tgt.expression)[same].square().mean()}
         return {
             "detail_l1": masked_l1(out.detail, tgt.detail, mask),
             "detail_l1_copy_input": masked_l1(src.detail, tgt.detail, mask),
             "detail_l1_zero": masked_l1(torch.zeros_like(tgt.detail), tgt.detail, mask),
             "au_mae": (au - tgt.action_units).abs().mean(),
             "au_mae_mean_baseline": (self.au_mean[None] - tgt.action_units).abs().mean(),
+            **extra,
         }
 
     def validation_step(self, batch: DetailPairBatch, batch_idx: int) -> None:
@@ -270,8 +310,10 @@ class DetHModule(LightningModule):
                      batch_size=batch.batch_size)
 
 
-def load_deth(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DetH, ExpressionDiscriminator]:
-    """DetH and D_Exp of a ``DetHModule`` checkpoint (``torch.load(weights_only=True)``), in eval mode.
+def load_deth(path: str | os.PathLike, device: str | torch.device = "cpu", with_expression_map: bool = False
+              ) -> tuple[DetH, ExpressionDiscriminator] | tuple[DetH, ExpressionDiscriminator, AUExpressionMap]:
+    """DetH and D_Exp of a ``DetHModule`` checkpoint (``torch.load(weights_only=True)``), in eval mode, and with
+    ``with_expression_map`` its AU -> BFM expression map (unfitted for checkpoints from before it existed).
 
     Raises:
         facelab.errors.MissingAssetError / AssetFormatError: no such file, not a DetHModule checkpoint.
@@ -280,14 +322,18 @@ def load_deth(path: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     hp = dict(ckpt.get("hyper_parameters", {}))
     keep = ("num_shape", "base_channels", "max_channels", "num_down", "num_bottleneck", "vector_channels", "age_dim",
             "max_displacement_mm", "decoder_coords")
-    deth = DetH(**{k: hp[k] for k in keep if k in hp})
+    input_scale = hp.get("input_scale_mm")  # absent: a checkpoint from before the option (maps / max_displacement)
+    deth = DetH(**{k: hp[k] for k in keep if k in hp}, input_scale_mm=input_scale)
     disc = ExpressionDiscriminator(channels=hp.get("discriminator_channels", [64, 128, 256, 512, 512]),
                                    spectral_norm=hp.get("spectral_norm", True),
-                                   max_displacement_mm=hp.get("max_displacement_mm", 3.0))
+                                   max_displacement_mm=hp.get("max_displacement_mm", 3.0), input_scale_mm=input_scale)
     state = ckpt.get("state_dict", {})
     for prefix, net in (("deth.", deth), ("discriminator.", disc)):
         load_state_dict_strict(net, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, path,
                                hint="a DetHModule checkpoint")
+    if with_expression_map:
+        return deth.to(device).eval(), disc.to(device).eval(), AUExpressionMap.from_state_dict(
+            ckpt.get(EXPRESSION_MAP_KEY))
     return deth.to(device).eval(), disc.to(device).eval()
 
 

@@ -153,6 +153,13 @@ class DetHOutput:
     mask: Tensor
 
 
+def _input_scale(input_scale_mm: float | None, max_displacement_mm: float) -> float:
+    scale = float(max_displacement_mm if input_scale_mm is None else input_scale_mm)
+    if not scale > 0:
+        raise ValueError(f"input_scale_mm must be > 0 (mm), got {input_scale_mm}")
+    return scale
+
+
 class DetH(nn.Module):
     """The detail-hallucination network (Eq. 2, Fig. 2).
 
@@ -165,7 +172,10 @@ class DetH(nn.Module):
         num_down: down-sampling levels of the map encoder (S / 2^num_down bottleneck).
         num_bottleneck: AdaIN residual blocks at the bottleneck.
         vector_channels: channels of each vector feature (x, alpha_s, FaceID, age) broadcast over the bottleneck.
-        max_displacement_mm: scale of the maps seen by the network and of the tanh hallucination head.
+        max_displacement_mm: scale of the tanh hallucination head (the largest displacement it can write).
+        input_scale_mm: the input map is divided by this (a typical detail amplitude, about the maps' standard
+            deviation, so the map channel has unit-order values beside the mask and UV channels). None: as
+            ``max_displacement_mm`` (checkpoints from before this option).
         condition_hidden: hidden width of the AdaIN condition MLPs (0: one linear layer, StarGAN v2).
         decoder_coords: also concatenate the UV coordinates (CoordConv) to the input of every bottleneck and
             up-sampling block, not only to the stem and the heads. The decoder must place wrinkle patterns at fixed
@@ -177,11 +187,13 @@ class DetH(nn.Module):
 
     def __init__(self, num_shape: int = 80, face_id_dim: int = 512, age_dim: int = 64, base_channels: int = 64,
                  max_channels: int = 256, num_down: int = 2, num_bottleneck: int = 4, vector_channels: int = 32,
-                 max_displacement_mm: float = 3.0, condition_hidden: int = 0, decoder_coords: bool = False) -> None:
+                 max_displacement_mm: float = 3.0, condition_hidden: int = 0, decoder_coords: bool = False,
+                 input_scale_mm: float | None = 0.15) -> None:
         super().__init__()
         self.decoder_coords = bool(decoder_coords)
         pc = 2 if self.decoder_coords else 0
         self.max_displacement_mm = float(max_displacement_mm)
+        self.input_scale_mm = _input_scale(input_scale_mm, max_displacement_mm)
         self.factor = 2 ** num_down
         widths = [min(max_channels, base_channels * 2 ** i) for i in range(num_down + 1)]
         self.map_stem = nn.Conv2d(4, widths[0], 7, padding=3)  # detail, mask, u, v
@@ -223,7 +235,7 @@ class DetH(nn.Module):
             raise ValueError(f"DetH expects square (B, 1, S, S) maps with S divisible by {self.factor}, got "
                              f"{tuple(detail.shape)}")
         grid = uv_grid(s, detail).expand(b, -1, -1, -1)
-        x = torch.cat([detail / self.max_displacement_mm, detail_mask, grid], dim=1)
+        x = torch.cat([detail / self.input_scale_mm, detail_mask, grid], dim=1)
         h = self.map_encoder(self.map_stem(x))
         vectors = torch.cat([self.au_encoder(source_aus), self.shape_encoder(shape), self.face_id_encoder(face_id),
                              self.age_encoder(age)], dim=1)
@@ -249,7 +261,11 @@ class ExpressionDiscriminator(nn.Module):
     Args:
         channels: encoder widths per level (each halves the map).
         spectral_norm: spectral-normalise the realism paths (Schönfeld et al. 2020).
-        max_displacement_mm: the maps are divided by this.
+        max_displacement_mm: the maps are divided by this when ``input_scale_mm`` is None (old checkpoints).
+        input_scale_mm: the maps are divided by this (about their standard deviation). Measured on the synthetic
+            world (AU head alone, supervised, 32^2 maps of std 0.078 mm, 600 steps): held-out AU MAE 0.120 with
+            0.15 mm against 0.190 with 3 mm, where the mean-AU answer scores 0.189: at 3 mm the map channel
+            (~0.03) is dwarfed by the UV channels and the head learns only the mean.
 
     Shapes:
         ``forward(detail (B, 1, S, S) mm) -> UNetDiscriminatorOutput`` with ``heads["au"]`` (B, 17) in [0, 1]
@@ -257,15 +273,16 @@ class ExpressionDiscriminator(nn.Module):
     """
 
     def __init__(self, channels: Sequence[int] = (64, 128, 256, 512, 512), spectral_norm: bool = True,
-                 max_displacement_mm: float = 3.0) -> None:
+                 max_displacement_mm: float = 3.0, input_scale_mm: float | None = 0.15) -> None:
         super().__init__()
         self.max_displacement_mm = float(max_displacement_mm)
+        self.input_scale_mm = _input_scale(input_scale_mm, max_displacement_mm)
         self.net = UNetDiscriminator(in_channels=3, channels=channels, heads={"au": NUM_AUS},
                                      spectral_norm=spectral_norm)
 
     def forward(self, detail: Tensor) -> UNetDiscriminatorOutput:
         grid = uv_grid(detail.shape[-1], detail).expand(detail.shape[0], -1, -1, -1)
-        out = self.net(torch.cat([detail / self.max_displacement_mm, grid], dim=1))
+        out = self.net(torch.cat([detail / self.input_scale_mm, grid], dim=1))
         out.heads["au"] = torch.sigmoid(out.heads["au"])
         return out
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from facedet3d.animate import add_arguments, run
 from facedet3d.data import SyntheticDetailDataset
-from facedet3d.module_deth import DetHModule
+from facedet3d.expression import AUExpressionMap
+from facedet3d.module_deth import EXPRESSION_MAP_KEY, DetHModule
 from facedet3d.module_rcan import RcanModule
 from facedet3d.module_render import RenderModule
 from facedet3d.prepare import DetailCacheWriter
@@ -27,8 +28,8 @@ from facelab.nn import UNetDiscriminator
 SIZE = 32
 
 
-def _save(module, path):
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+def _save(module, path, **extra):
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), **extra}, path)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +41,15 @@ def setup(tmp_path_factory):
                           shading_predictor=ShadingPredictor(hidden=4))
     _save(render, root / "render.ckpt")
     deth = DetHModule(base_channels=8, max_channels=16)
-    _save(deth, root / "deth.ckpt")
+    _save(deth, root / "deth_no_map.ckpt")  # a checkpoint from before the AU -> expression map
     _save(RcanModule(features=8, n_groups=1, n_blocks=1), root / "rcan.ckpt")
     face = SyntheticDetailDataset(num_samples=1, pairs=False, image_size=SIZE, texture_size=SIZE, map_size=64,
                                   seed=2).__getitems__([0])[0]
+    g = torch.Generator().manual_seed(0)
+    aus = torch.rand(64, 17, generator=g)
+    deth.expression_map.update(aus, aus @ torch.randn(17, face.expression.shape[0], generator=g))
+    _save(deth, root / "deth.ckpt", **{EXPRESSION_MAP_KEY: deth.expression_map.state_dict()})
+    np.save(root / "input_expression.npy", face.expression.numpy())
     cache = root / "cache"
     DetailCacheWriter(cache).write_faces("synthetic/0.png", "synthetic/0.png", [(face, {"face": 0, "identity": ""})],
                                          [])
@@ -76,9 +82,26 @@ def test_animate_writes_every_output(setup, tmp_path, capsys):
         assert obj.count("\nv ") > 1000 and "\nvt " in obj and "/" in obj
         for suffix in ("render", "shading", "yaw+30", "yaw+30_shading"):
             assert Image.open(f"{stem}_{suffix}.png").size == (SIZE, SIZE)
+    # Eq. 3's target geometry: alpha^_e = alpha_e + (y - x) W from the checkpoint's AU -> expression map
+    fit = AUExpressionMap.from_state_dict(torch.load(root / "deth.ckpt", weights_only=True)[EXPRESSION_MAP_KEY])
+    happy, au04 = (np.load(out / f"0_face0_{label}_expression.npy") for label in ("happy", "au_au04"))
+    assert np.abs(happy - au04).max() > 1e-3  # the geometry follows the target, not the input
+    torch.testing.assert_close(torch.from_numpy(happy - au04).double(),
+                               (preset_vector("happy") - parse_target("AU04=0.9")[1]).double() @ fit.weights()[:-1],
+                               atol=1e-4, rtol=0)
     grid = Image.open(out / "0_face0_grid.png")
     assert grid.size[0] > 4 * SIZE and grid.size[1] > 3 * SIZE  # 4 columns, 3 rows (renders, shading, view)
     assert not list(out.glob(".*partial"))
+
+
+def test_a_checkpoint_without_the_expression_map_keeps_the_input_geometry_with_a_warning(setup, tmp_path, capsys):
+    root, cache = setup
+    out = tmp_path / "out"
+    assert run(_options("--deth", str(root / "deth_no_map.ckpt"), "--render", str(root / "render.ckpt"), "--input",
+                        str(cache), "--au", "surprise", "--out", str(out), "--subdivisions", "0")) == 0
+    assert "no AU -> expression map" in capsys.readouterr().err
+    np.testing.assert_allclose(np.load(out / "0_face0_surprise_expression.npy"),
+                               np.load(root / "input_expression.npy"), atol=1e-6)
 
 
 @pytest.mark.slow

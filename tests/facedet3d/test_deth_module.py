@@ -92,9 +92,12 @@ def test_config_smoke(config, tmp_path, monkeypatch):
     ckpt = tmp_path / "last.ckpt"
     cli.trainer.save_checkpoint(ckpt)
     if config == "facedet3d_deth.yaml":
-        deth, disc = load_deth(ckpt)
+        deth, disc, expression_map = load_deth(ckpt, with_expression_map=True)
         torch.testing.assert_close(deth.map_stem.weight, cli.model.deth.map_stem.weight)
         assert disc.net.heads["au"].out_features == 17
+        assert expression_map.count == cli.model.expression_map.count > 0  # fitted on the training faces, saved
+        torch.testing.assert_close(expression_map.weights(), cli.model.expression_map.weights().cpu())
+        assert "val/expression_mse" in metrics and "val/expression_mse_copy_input" in metrics
         assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
     elif config == "facedet3d_rcan.yaml":
         torch.testing.assert_close(load_rcan(ckpt).head.weight, cli.model.rcan.head.weight)
