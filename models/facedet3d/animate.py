@@ -21,7 +21,7 @@
 * ``_grid.png``: input, reconstruction (the input's own detail and AUs) and one column per target; rows: renders,
   detailed shadings, one render row per view (Fig. 4 / Fig. 5).
 
-The target geometry's BFM expression is ``alpha^_e = alpha_e + (y - x) W`` from the AU -> expression map that the
+The target geometry's BFM expression is ``alpha^_e = [y, 1] W``, the AU -> expression regression that the
 DetH checkpoint fitted on its training faces (:mod:`facedet3d.expression`); a checkpoint without one (from before
 it existed) keeps the input's expression, with a warning, so only the detail and R's appearance change. A face's
 files are written to a temporary folder and moved into ``OUT`` when all of them exist, so nothing is half-written.

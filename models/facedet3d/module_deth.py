@@ -197,8 +197,13 @@ class DetHModule(LightningModule):
             "discriminator": discriminator_loss([d_real.global_logit, d_real.pixel_logits],
                                                 [d_fake.global_logit, d_fake.pixel_logits]),
             "au_real": (d_real.heads["au"] - real_aus).square().sum(1).mean(),  # Eq. 6
-            "r1": self.r1(self.discriminator.logits, real),
+            # R1 on the map in the network's units (real / input_scale_mm), where StyleGAN2's gamma is meant: on
+            # millimetres the penalty would be input_scale_mm^-2 (~44x) stronger and flatten D_Exp (its AU head too)
+            "r1": self.r1(self._logits_of_scaled, real / self.discriminator.input_scale_mm),
         }
+
+    def _logits_of_scaled(self, scaled: Tensor) -> list[Tensor]:
+        return self.discriminator.logits(scaled * self.discriminator.input_scale_mm)
 
     def generator_losses(self, batch: DetailPairBatch, y: Tensor, use_pair: Tensor,
                          features: tuple[Tensor, Tensor]) -> tuple[dict[str, Tensor], DetHOutput]:
@@ -292,9 +297,14 @@ class DetHModule(LightningModule):
         extra = {}
         if self.expression_map.fitted:
             same = batch.same_identity.bool()
-            pred = self.expression_map.target_expression(src.expression, src.action_units, tgt.action_units)
+            fit = self.expression_map
+            pred = fit.target_expression(src.expression, src.action_units, tgt.action_units)
+            residual = fit.target_expression(src.expression, src.action_units, tgt.action_units, keep_residual=True)
+            mean = fit.mean_expression().to(tgt.expression)[None]
             extra = {"expression_mse": (pred - tgt.expression)[same].square().mean(),
-                     "expression_mse_copy_input": (src.expression - tgt.expression)[same].square().mean()}
+                     "expression_mse_keep_residual": (residual - tgt.expression)[same].square().mean(),
+                     "expression_mse_copy_input": (src.expression - tgt.expression)[same].square().mean(),
+                     "expression_mse_mean": (mean - tgt.expression)[same].square().mean()}
         return {
             "detail_l1": masked_l1(out.detail, tgt.detail, mask),
             "detail_l1_copy_input": masked_l1(src.detail, tgt.detail, mask),

@@ -82,7 +82,7 @@ def test_animate_writes_every_output(setup, tmp_path, capsys):
         assert obj.count("\nv ") > 1000 and "\nvt " in obj and "/" in obj
         for suffix in ("render", "shading", "yaw+30", "yaw+30_shading"):
             assert Image.open(f"{stem}_{suffix}.png").size == (SIZE, SIZE)
-    # Eq. 3's target geometry: alpha^_e = alpha_e + (y - x) W from the checkpoint's AU -> expression map
+    # Eq. 3's target geometry: alpha^_e = [y, 1] W from the checkpoint's AU -> expression map
     fit = AUExpressionMap.from_state_dict(torch.load(root / "deth.ckpt", weights_only=True)[EXPRESSION_MAP_KEY])
     happy, au04 = (np.load(out / f"0_face0_{label}_expression.npy") for label in ("happy", "au_au04"))
     assert np.abs(happy - au04).max() > 1e-3  # the geometry follows the target, not the input

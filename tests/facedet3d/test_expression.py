@@ -1,6 +1,7 @@
 """The AU -> BFM expression map that gives Eq. 3's target geometry alpha^_e (facedet3d.expression): it recovers a
-linear relation, keeps the input's expression when the target AUs equal the input's, sums DDP statistics, round-trips
-through a checkpoint dict, and refuses to be used unfitted or with the wrong expression size."""
+linear relation, predicts the target expression (or, keeping the residual, returns the input's when the AUs do not
+change), sums DDP statistics, round-trips through a checkpoint dict, and refuses to be used unfitted or with the
+wrong expression size."""
 
 from __future__ import annotations
 
@@ -28,15 +29,18 @@ def test_recovers_a_linear_relation_and_keeps_the_input_expression_at_equal_aus(
     torch.testing.assert_close(fit[:-1].float(), w, atol=0.02, rtol=0)
     torch.testing.assert_close(fit[-1].float(), bias, atol=0.02, rtol=0)
     own = torch.randn(3, 12)
-    x = aus[:3]
-    torch.testing.assert_close(m.target_expression(own, x, x), own)  # y = x: the input's geometry exactly
-    y = aus[3:6]
-    torch.testing.assert_close(m.target_expression(own, x, y), own + (y - x) @ w, atol=0.03, rtol=0)
-    # against the truth it beats copying the input (what the geometry did before the map existed)
+    x, y = aus[:3], aus[3:6]
+    torch.testing.assert_close(m.target_expression(own, x, x, keep_residual=True), own)  # y = x: the input exactly
+    torch.testing.assert_close(m.target_expression(own, x, y, keep_residual=True), own + (y - x) @ w, atol=0.03,
+                               rtol=0)
+    # the default is the regression's prediction: it ignores the input's expression
+    torch.testing.assert_close(m.target_expression(own, x, y), y @ w + bias, atol=0.03, rtol=0)
+    torch.testing.assert_close(m.mean_expression().float(), exp.mean(0), atol=1e-5, rtol=0)
+    # against the truth both beat copying the input and predicting the mean
     truth = exp[3:6]
-    pred = m.target_expression(exp[:3], x, y)
-    assert (pred - truth).square().mean() < 0.01 * (exp[:3] - truth).square().mean()
-
+    for pred in (m.target_expression(exp[:3], x, y), m.target_expression(exp[:3], x, y, keep_residual=True)):
+        assert (pred - truth).square().mean() < 0.01 * (exp[:3] - truth).square().mean()
+        assert (pred - truth).square().mean() < 0.01 * (m.mean_expression().float() - truth).square().mean()
 
 def test_ddp_reduce_sums_every_statistic_once():
     aus, exp, _, _ = _data(n=64)
