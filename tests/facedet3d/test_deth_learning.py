@@ -16,8 +16,10 @@ History (2026-12-02), kept because it says what decides on this data:
 - D_Exp's AU head predicted the mean AU (held-out MAE 0.191 vs 0.191) for two reasons, each measured:
   the map entered as map / 3 mm (~0.03 beside the UV channels; supervised AU head alone, 600 steps: 0.190 at 3 mm,
   0.120 at 0.15 mm, hence ``input_scale_mm``), and R1 with StyleGAN2's FFHQ gamma of 10 flattened D_Exp's shared
-  encoder at 32^2 (400 batches of this config: MAE 0.194, prediction std 0.0002 with R1; 0.166, std 0.099 without),
-  hence gamma 0.05 (StyleGAN2-ADA's heuristic for the resolution and batch) and R1 in the network's input units.
+  encoder at 32^2 (400 batches of this config: MAE 0.194, prediction std 0.0002 with R1 even with the realism loss
+  off; 0.166, std 0.099 with the realism loss and without R1),
+  and 0.05 (StyleGAN2-ADA's heuristic for this resolution and batch) still gave 0.190 after 2000 batches, hence R1
+  off in the CPU config (the paper config keeps gamma 1.0; R1 is taken in the network's input units).
 """
 
 from __future__ import annotations
