@@ -9,10 +9,11 @@
 
 Protocol (Tables 1-2: "FID and FaceID distance across a variety of expression edits"): every evaluated face is
 rendered in ``--edits`` new expressions; with ``--deth`` the targets are the six emotion presets
-(:mod:`facedet3d.presets`, cycled) and the detail is DetH's hallucination of the face's own map; without it each edit
-takes the detail map and AUs of another evaluated face (on the synthetic world: true wrinkle maps of real
-expressions). FID compares the edited renders (composited over the photo's background) with a disjoint set of real
-images (synthetic: the ``val`` split; a folder: its first half vs the second half); FaceID distance
+(:mod:`facedet3d.presets`, cycled), the detail is DetH's hallucination of the face's own map and the geometry takes
+the target expression of the checkpoint's AU -> expression map (Eq. 3, :mod:`facedet3d.expression`); without it each
+edit takes the detail map, AUs and BFM expression of another evaluated face (on the synthetic world: true wrinkle
+maps of real expressions). FID compares the edited renders (composited over the photo's background) with a
+disjoint set of real images (synthetic: the ``val`` split; a folder: its first half vs the second half); FaceID distance
 (:func:`facelab.metrics.faceid_distance` of FaceNet embeddings) compares each edit with its input photo.
 
 Rows: the checkpoint's R (``--ckpt``; ``--init``: the untrained R), the paper's "Ordinary Rendering" (BFM albedo x
@@ -37,6 +38,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from facelab.log import get_logger
+
+_log = get_logger(__name__)
 
 __all__ = ["RenderEvaluation", "add_arguments", "detail_response", "evaluate"]
 
@@ -141,8 +146,8 @@ def _faces(request, options) -> tuple[object, Tensor]:
     return faces, real
 
 
-def _targets(faces, options, deth, device) -> list[tuple[Tensor, Tensor]]:
-    """(detail (N, 1, S, S), AUs (N, 17)) per edit."""
+def _targets(faces, options, deth, expression_map, device) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """(detail (N, 1, S, S), AUs (N, 17), BFM expression (N, K)) per edit."""
     from facedet3d.presets import EMOTION_PRESETS, preset_vector
 
     n, out = faces.batch_size, []
@@ -150,13 +155,16 @@ def _targets(faces, options, deth, device) -> list[tuple[Tensor, Tensor]]:
     for k in range(options.edits):
         if deth is None:
             shift = 1 + k % max(n - 1, 1)
-            out.append((faces.detail.roll(shift, 0), faces.action_units.roll(shift, 0)))
+            out.append(tuple(x.roll(shift, 0) for x in (faces.detail, faces.action_units, faces.expression)))
             continue
         y = preset_vector(names[k % len(names)]).to(device).expand(n, -1)
         with torch.no_grad():
             d = deth(faces.detail, faces.detail_mask, faces.action_units, y, faces.shape, faces.face_id,
                      faces.age).detail
-        out.append((d, y))
+        e = faces.expression
+        if expression_map.fitted:
+            e = expression_map.target_expression(faces.expression, faces.action_units, y)
+        out.append((d, y, e))
     return out
 
 
@@ -226,12 +234,12 @@ def _renderers(request, options, device) -> list[tuple[str, object]]:
 
 
 @torch.no_grad()
-def _render(loaded, faces, detail: Tensor, au: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
-    """Composited renders (N, 3, H, W) and their masks."""
+def _render(loaded, faces, detail: Tensor, au: Tensor, expression: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
+    """Composited renders (N, 3, H, W) and their masks, the geometry at ``expression`` (N, K)."""
     from facedet3d.module_render import render_batch
     from facedet3d.renderer import neural_render
 
-    rb = render_batch(faces, loaded.model, None)
+    rb = render_batch(replace(faces, expression=expression), loaded.model, None)
     inputs = replace(rb.inputs, action_units=au)
     out = neural_render(loaded.network, loaded.rasterizer, inputs, detail)
     return out.image * out.mask + image * (1 - out.mask), out.mask
@@ -262,17 +270,20 @@ def evaluate(request, options) -> RenderEvaluation:
     if faces.face_id is None:
         face_id, age = features(faces.image)
         faces = replace(faces, face_id=face_id, age=age)
-    deth = None
+    deth = expression_map = None
     if options.deth:
         from facedet3d.module_deth import load_deth
 
-        deth, _ = load_deth(options.deth, device)
-    targets = _targets(faces, options, deth, device)
+        deth, _, expression_map = load_deth(options.deth, device, with_expression_map=True)
+        if not expression_map.fitted:
+            _log.warning("the DetH checkpoint %s has no AU -> expression map: the edits keep each input's BFM "
+                         "expression (only the detail and R's appearance change)", options.deth)
+    targets = _targets(faces, options, deth, expression_map, device)
     faceid = FaceIDDistance(embedder=lambda x: features(x)[0])
     fid = _fid(options).to(device)
     rows = []
     for name, loaded in _renderers(request, options, device):
-        edits = [_render(loaded, faces, d, y, image)[0] for d, y in targets]
+        edits = [_render(loaded, faces, d, y, e, image)[0] for d, y, e in targets]
         rows.append({"renderer": name, **_scores(fid, faceid, real, image, edits),
                      **_probe(loaded, faces, image)})
     rows.append({"renderer": "copy the input (no edit; floor)", **_scores(fid, faceid, real, image, [image]),

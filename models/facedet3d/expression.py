@@ -83,24 +83,27 @@ class AUExpressionMap:
         self.cross = self.cross.to(cross.device) + cross
         self.count += int(round(float(n.item())))
 
-    def weights(self) -> Tensor:
-        """(A + 1, K) float64 ``W`` (last row: the intercept)."""
+    def _require_fitted(self) -> None:
         if not self.fitted:
             raise ExpressionMapError("the AU -> expression map has seen no training face (a DetH checkpoint from "
                                      "before it was added, or one saved before the first training step)")
+
+    def weights(self) -> Tensor:
+        """(A + 1, K) float64 ``W`` (last row: the intercept)."""
+        self._require_fitted()
         eye = torch.eye(self.gram.shape[0], dtype=self.gram.dtype, device=self.gram.device)
         eye[-1, -1] = 0.0  # the intercept is not shrunk
         return torch.linalg.solve(self.gram + self.ridge * self.count * eye, self.cross)
 
-    def predict(self, aus: Tensor) -> Tensor:
-        """(B, A) AUs -> (B, K) expression coefficients (the regression itself, intercept included)."""
-        w = self.weights()
-        return (aus.double() @ w[:-1].to(aus.device) + w[-1].to(aus.device)).to(aus.dtype)
+    def predict(self, aus: Tensor, weights: Tensor | None = None) -> Tensor:
+        """(B, A) AUs -> (B, K) expression coefficients (the regression itself, intercept included); ``weights``:
+        an already solved :meth:`weights`."""
+        w = (self.weights() if weights is None else weights).to(aus.device)
+        return (aus.double() @ w[:-1] + w[-1]).to(aus.dtype)
 
     def mean_expression(self) -> Tensor:
         """(K,) float64 mean expression of the training faces (the "predict the mean" baseline)."""
-        if not self.fitted:
-            self.weights()  # raises the unfitted error
+        self._require_fitted()
         return self.cross[-1] / self.count
 
     def target_expression(self, expression: Tensor, source_aus: Tensor, target_aus: Tensor,
@@ -112,7 +115,7 @@ class AUExpressionMap:
             raise ExpressionMapError(f"the map was fitted on {w.shape[1]} expression coefficients, the face has "
                                      f"{expression.shape[1]}")
         if not keep_residual:
-            return self.predict(target_aus).to(expression.dtype)
+            return self.predict(target_aus, w).to(expression.dtype)
         return expression + ((target_aus - source_aus).double() @ w[:-1].to(expression.device)).to(expression.dtype)
 
     # ----------------------------------------------------------------------------------------- checkpointing

@@ -295,16 +295,17 @@ class DetHModule(LightningModule):
         out = self.hallucinate(src, tgt.action_units)
         au = self.discriminator(tgt.detail).heads["au"]
         extra = {}
-        if self.expression_map.fitted:
-            same = batch.same_identity.bool()
-            fit = self.expression_map
-            pred = fit.target_expression(src.expression, src.action_units, tgt.action_units)
-            residual = fit.target_expression(src.expression, src.action_units, tgt.action_units, keep_residual=True)
-            mean = fit.mean_expression().to(tgt.expression)[None]
-            extra = {"expression_mse": (pred - tgt.expression)[same].square().mean(),
-                     "expression_mse_keep_residual": (residual - tgt.expression)[same].square().mean(),
-                     "expression_mse_copy_input": (src.expression - tgt.expression)[same].square().mean(),
-                     "expression_mse_mean": (mean - tgt.expression)[same].square().mean()}
+        if self.expression_map.fitted:  # the same keys on every rank (validation syncs them)
+            fit, same = self.expression_map, batch.same_identity.float()
+
+            def mse(pred: Tensor) -> Tensor:  # mean over the same-identity pairs (0 when there is none)
+                return ((pred - tgt.expression).square().mean(1) * same).sum() / same.sum().clamp(min=1.0)
+
+            extra = {"expression_mse": mse(fit.target_expression(src.expression, src.action_units, tgt.action_units)),
+                     "expression_mse_keep_residual": mse(fit.target_expression(
+                         src.expression, src.action_units, tgt.action_units, keep_residual=True)),
+                     "expression_mse_copy_input": mse(src.expression),
+                     "expression_mse_mean": mse(fit.mean_expression().to(tgt.expression)[None])}
         return {
             "detail_l1": masked_l1(out.detail, tgt.detail, mask),
             "detail_l1_copy_input": masked_l1(src.detail, tgt.detail, mask),

@@ -5,6 +5,7 @@ copy-the-input (random weights warned), on the synthetic world and on a prepared
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,3 +57,28 @@ def test_evaluate_prints_every_row(tmp_path, capsys, data):
     assert all(r["fid"] == r["fid"] for r in result.rows)  # finite
     assert "`--inception-weights`" in capsys.readouterr().err
     result.write_json(tmp_path / "eval.json")
+
+
+def test_edit_targets_carry_the_target_expression():
+    """With --deth the edits' geometry takes the AU -> expression map's alpha^_e (Eq. 3); without it, another face's."""
+    from facedet3d.data import FaceDetailBatch
+    from facedet3d.evaluate import _targets
+    from facedet3d.expression import AUExpressionMap
+    from facedet3d.networks import DetH
+    from facedet3d.presets import EMOTION_PRESETS, preset_vector
+
+    faces = FaceDetailBatch.collate(SyntheticDetailDataset(num_samples=2, pairs=False, image_size=32, texture_size=32,
+                                                           map_size=32, seed=5).__getitems__([0, 1]))
+    faces = replace(faces, face_id=torch.zeros(2, 512), age=torch.zeros(2, 64))
+    options = _options("--edits", "2")
+    rolled = _targets(faces, options, None, None, "cpu")
+    torch.testing.assert_close(rolled[0][2], faces.expression.roll(1, 0))
+    g = torch.Generator().manual_seed(0)
+    fit = AUExpressionMap()
+    aus = torch.rand(40, 17, generator=g)
+    fit.update(aus, aus @ torch.randn(17, faces.expression.shape[1], generator=g))
+    edits = _targets(faces, options, DetH(base_channels=4, max_channels=8, num_bottleneck=1).eval(), fit, "cpu")
+    for (_, y, e), name in zip(edits, EMOTION_PRESETS):
+        torch.testing.assert_close(y[0], preset_vector(name))
+        torch.testing.assert_close(e, fit.predict(y))
+    assert not torch.allclose(edits[0][2], edits[1][2])
