@@ -112,6 +112,10 @@ class VGGFaceEncoder(nn.Module):
                  config_key: str = "model.init_args.vggface_weights") -> None:
         super().__init__()
         self.features, channels = _vgg_layers(width)
+        for m in self.features.modules():  # torchvision's VGG initialisation (PyTorch's default one shrinks the
+            if isinstance(m, nn.Conv2d):   # signal ~3x per conv: 13 of them left the latent constant across faces)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
         self.register_buffer("mean", torch.tensor(VGGFACE_MEAN_RGB).view(1, 3, 1, 1) / 255.0, persistent=False)
         self.project = nn.Identity() if channels == latent_dim else nn.Linear(channels, latent_dim)
         # VGG-Face was trained on mean-subtracted 0..255 input; a random trunk gets unit-scale input instead
