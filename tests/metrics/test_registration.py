@@ -226,6 +226,20 @@ def test_point_to_point_icp_to_a_point_set_with_and_without_scale():
     assert scaled.rmse < 1e-10 and float(scaled.transform.scale[0]) == pytest.approx(1 / 1.1)
 
 
+def test_similarity_icp_stops_before_a_degenerate_source_collapses():
+    """A source (nearly) on one point, as an untrained network's mesh can be: Umeyama's scale is 0, not 0/0, and
+    scaled ICP stops at its last finite transform (not converged) instead of feeding NaN to the k-d tree."""
+    gen = torch.Generator().manual_seed(0)
+    dst = 5 * torch.randn(200, 3, generator=gen, dtype=torch.float64)
+    point = torch.zeros(10, 3, dtype=torch.float64)
+    collapsed = rigid_align(point, dst[:10], scale=True)
+    assert float(collapsed.scale[0]) == 0.0 and torch.isfinite(collapsed.translation).all()
+    src = 1e-9 * torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    result = rigid_icp(src, dst, scale=True, max_iterations=40)
+    assert not result.converged and torch.isfinite(result.aligned).all() and torch.isfinite(result.distances).all()
+    assert float(result.transform.scale[0]) == 1.0  # the first step would have collapsed: the start is kept
+
+
 def test_icp_from_a_landmark_guess():
     """Far from the answer, a few corresponding landmarks (rigid_align) start ICP where it converges."""
     verts, faces, _ = _blob()

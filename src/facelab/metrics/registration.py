@@ -126,7 +126,8 @@ def rigid_align(source: Tensor, target: Tensor, weights: Tensor | None = None, *
     rotation = u @ torch.diag_embed(s_diag) @ vh  # Eq. 40
     if scale:
         var_x = (w * x.square().sum(dim=-1)).sum(dim=1)  # sigma_x^2, Eq. 36
-        s = (d * s_diag).sum(dim=-1) / var_x  # Eq. 42
+        # Eq. 42; a source collapsed onto one point has no scale: 0 (not 0/0) keeps the result finite.
+        s = (d * s_diag).sum(dim=-1) / var_x.clamp_min(torch.finfo(var_x.dtype).tiny)
     else:
         s = torch.ones_like(sign)
     t = mu_y - s[:, None] * (rotation @ mu_x[..., None])[..., 0]  # Eq. 41
@@ -286,7 +287,7 @@ class IcpResult:
         transform: source -> target (batch 1). aligned: (N, 3) the transformed source.
         distances: (N,) distances of the aligned points to their closest target points (surface or points).
         iterations: correspondence updates run. converged: the mean squared distance stopped falling by more
-            than the tolerance before ``max_iterations``.
+            than the tolerance before ``max_iterations``; False too where a similarity step collapsed (below).
     """
 
     transform: RigidTransform
@@ -318,6 +319,14 @@ def _closest_target(points: Tensor, verts: Tensor, faces: Tensor | None, tree: c
     near = closest_points_on_mesh(points, verts, faces, backend=backend)
     normals = face_normals(verts[None], faces)[0][near.face_ids]
     return near.points, near.distances, normals
+
+
+_SCALE_COLLAPSE = 1e-6  # a similarity step whose scale falls below this fraction of the start has collapsed
+
+
+def _finite(t: RigidTransform) -> bool:
+    return bool(torch.isfinite(t.rotation).all() and torch.isfinite(t.translation).all()
+                and torch.isfinite(t.scale).all())
 
 
 def rigid_icp(source: Tensor, target_verts: Tensor, target_faces: Tensor | None = None, *,
@@ -355,6 +364,9 @@ def rigid_icp(source: Tensor, target_verts: Tensor, target_faces: Tensor | None 
     tree = cKDTree(verts.numpy()) if faces is None else None
     total = initial if initial is not None else RigidTransform.identity(dtype=torch.float64)
     total = RigidTransform(total.rotation.double().cpu(), total.translation.double().cpu(), total.scale.double().cpu())
+    if not _finite(total):
+        raise ValueError("rigid_icp: the initial transform is not finite")
+    start_scale = float(total.scale.min())
     previous, converged, iterations = float("inf"), False, 0
     for step in range(max_iterations):
         iterations = step + 1
@@ -372,7 +384,13 @@ def rigid_icp(source: Tensor, target_verts: Tensor, target_faces: Tensor | None 
             update = _point_to_plane_step(moved[keep], closest[keep], normals[keep])
         else:
             update = rigid_align(moved[keep], closest[keep], scale=scale)
-        total = update.compose(total)
+        candidate = update.compose(total)
+        if not _finite(candidate) or float(candidate.scale.min()) < _SCALE_COLLAPSE * start_scale:
+            # Scaled point-to-point ICP can shrink the source onto a few target points (nearest neighbours of a
+            # degenerate source, e.g. an untrained network's mesh) until the next step is 0/0: stop at the last
+            # finite transform instead, reported as not converged.
+            break
+        total = candidate
     aligned = total.apply(src)
     distances = _closest_target(aligned, verts, faces, tree, backend)[1]
     out = RigidTransform(total.rotation.to(source), total.translation.to(source), total.scale.to(source))
