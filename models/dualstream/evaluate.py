@@ -20,10 +20,14 @@ Protocols:
   scan is cropped to ``--crop-radius`` (95 mm) around the aligned nose tip (keypoint 30), aligned again, and the
   mean point-to-plane distance of the scan points to the mesh is reported in scan units
   (:func:`facelab.metrics.scan_to_mesh_distance` ``"plane"``).
-* **Texture MAE / photometric error** (Table II, Fig. 11): :func:`texture_mae` (mean absolute error of UV textures
-  in [0, 1] over valid texels) and :func:`photometric_error` (mean absolute RGB error x 255 over the visible face).
-  They need the texture stream: pass ``texture=`` a :data:`TextureScorer` to :func:`evaluate_synthetic`; without it
-  the rows say ``n/a`` (until the texture stream is trained they are not computed).
+* **Texture MAE / photometric error** (Table II, Fig. 11; :func:`evaluate_texture`): :func:`texture_mae` (mean
+  absolute error of UV textures in [0, 1] over the UV chart) of the stylised albedo against the true albedo of
+  held-out synthetic FTD faces, and :func:`photometric_error` (mean absolute RGB error x 255 of the render against
+  the photo over the rendered face region). Baselines beside them: ``linear_fit`` (``I_ua``, the best linear 3DMM
+  albedo of each face: the ridge fit of its true texture), ``linear_pred`` (the linear albedo of the geometry
+  stream's predicted coefficients, i.e. the reconstruction without the texture stream; for the photometric error
+  the same mesh rendered with it) and ``mean_texture`` (the evaluated faces' mean). They need a texture-stage or
+  end-to-end checkpoint (``generator.*`` weights); a geometry checkpoint or ``--init`` prints ``n/a``.
 * **Synthetic world** (``--data synthetic``, exact ground truth): the full-ASM and vertex errors (crop pixels),
   the 68-point and dense NME with yaw bins, the point-to-plane error against the true mesh, each beside the *mean
   ASM* baseline (the mean map of the evaluated faces, an oracle trivial answer).
@@ -38,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +56,8 @@ from dualstream.data import (
     read_300wlp_mat,
     read_face3d_bfm,
 )
+from dualstream.inference import DualStreamReconstructor
+from dualstream.module import texture_mae
 from facelab.data.crop import transform_points, warp_crop
 from facelab.data.image_io import read_image
 from facelab.errors import AssetFormatError, MissingAssetError
@@ -62,12 +67,10 @@ from facelab.metrics import landmark_nme, rigid_icp, scan_to_mesh_distance, yaw_
 from facelab.metrics.registration import RigidTransform
 from facelab.rotations import axis_angle_to_matrix
 
-__all__ = ["DualStreamEvaluation", "GeometryPredictor", "TextureScorer", "add_arguments", "evaluate_aflw2000",
-           "evaluate_entry", "evaluate_micc", "evaluate_synthetic", "load_predictor", "micc_point_to_plane",
-           "photometric_error", "read_scan", "run", "texture_mae"]
+__all__ = ["DualStreamEvaluation", "GeometryPredictor", "add_arguments", "evaluate_aflw2000", "evaluate_entry",
+           "evaluate_micc", "evaluate_synthetic", "evaluate_texture", "load_models", "load_predictor",
+           "micc_point_to_plane", "photometric_error", "read_scan", "run", "texture_mae"]
 
-#: ``(images (B, 3, H, W), batch, prediction) -> (texture MAE (B,), photometric error (B,))`` of the texture stream.
-TextureScorer = Callable[[Tensor, AsmSample, "Prediction"], tuple[Tensor, Tensor]]
 NOSE_TIP = 30
 _SCAN_SUFFIXES = (".obj", ".ply", ".off", ".stl")
 
@@ -117,60 +120,85 @@ class Prediction:
 
 
 class GeometryPredictor:
-    """A trained (or initial) :class:`dualstream.module_geometry.GeometryModule` as images -> :class:`Prediction`."""
+    """A geometry stream with its ASM codec as images -> :class:`Prediction`: a trained (or initial)
+    :class:`dualstream.module_geometry.GeometryModule` (:meth:`from_module`) or the stream inside a texture /
+    end-to-end checkpoint (:meth:`from_reconstructor`).
 
-    def __init__(self, module, device: str = "cpu") -> None:
-        self.module = module.to(device).eval()
+    Args:
+        stream: :class:`dualstream.geometry.GeometryStream`. codec: its :class:`dualstream.asm.AsmCodec`.
+        keypoints: (68,) vertex ids. model_path: the BFM it was trained with. image_size / uv_size: crop / map side.
+    """
+
+    def __init__(self, stream, codec, keypoints: Tensor, model_path: str, image_size: int, uv_size: int,
+                 device: str = "cpu") -> None:
+        self.stream, self.codec = stream.to(device).eval(), codec.to(device)
         self.device = device
-        self.image_size = int(module.hparams.image_size)
-        self.faces = module.codec.mapper.faces.cpu()
+        self.model_path, self.image_size, self.uv_size = str(model_path), int(image_size), int(uv_size)
+        self.keypoints = keypoints.cpu()
+        self.faces = codec.mapper.faces.cpu()
 
-    @property
-    def keypoints(self) -> Tensor:
-        return self.module.keypoints.cpu()
+    @classmethod
+    def from_module(cls, module, device: str = "cpu") -> GeometryPredictor:
+        hp = module.hparams
+        return cls(module.stream, module.codec, module.keypoints, hp.model_path, hp.image_size, hp.uv_size, device)
+
+    @classmethod
+    def from_reconstructor(cls, recon, device: str = "cpu") -> GeometryPredictor:
+        return cls(recon.geometry, recon.codec, recon.fusion.keypoints, recon.model_path, recon.image_size,
+                   recon.uv_size, device)
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Prediction:
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise ValueError(f"images must be {self.image_size}^2 crops (the network's), got {tuple(images.shape)}")
-        out = self.module.stream(images.to(self.device))
-        pos_id, pos_full = self.module.codec.decode(out.a_id, out.a_exp)
-        verts = self.module.codec.to_vertices(pos_full)
+        out = self.stream(images.to(self.device))
+        pos_id, pos_full = self.codec.decode(out.a_id, out.a_exp)
+        verts = self.codec.to_vertices(pos_full)
         return Prediction(pos_id.cpu(), pos_full.cpu(), verts.cpu(), out)
 
 
 def load_predictor(request: EvaluateRequest, options: argparse.Namespace) -> GeometryPredictor:
-    """The module of ``request.ckpt`` (``weights_only`` load), or a fresh one for ``--init``."""
+    """The geometry of ``request.ckpt`` (``weights_only`` load: a geometry-stage checkpoint, or a texture /
+    end-to-end one, whose geometry stream is used), or a fresh one for ``--init``."""
+    return load_models(request, options)[0]
+
+
+def load_models(request: EvaluateRequest, options: argparse.Namespace
+                ) -> tuple[GeometryPredictor, DualStreamReconstructor | None]:
+    """:func:`load_predictor` and, for a texture / end-to-end checkpoint (``generator.*`` weights inside), the
+    whole :class:`dualstream.inference.DualStreamReconstructor` that the texture rows evaluate."""
     from dualstream.module_geometry import GeometryModule
 
     if request.ckpt is None:
         torch.manual_seed(request.seed or 0)
         module = GeometryModule(model_path=options.model_path, image_size=request.image_size or 256,
                                 uv_size=options.uv_size, width=options.width, decoder_width=options.width)
-        return GeometryPredictor(module, request.device)
-    ckpt = read_checkpoint(request.ckpt, what="DualStream geometry checkpoint", config_key="--ckpt")
+        return GeometryPredictor.from_module(module, request.device), None
+    ckpt = read_checkpoint(request.ckpt, what="DualStream checkpoint", config_key="--ckpt")
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise AssetFormatError(f"{request.ckpt}: not a Lightning checkpoint of dualstream.module_geometry "
-                               "(no 'state_dict' / 'hyper_parameters')")
+        raise AssetFormatError(f"{request.ckpt}: not a Lightning checkpoint of DualStream (no 'state_dict' / "
+                               "'hyper_parameters')")
     hp = dict(ckpt["hyper_parameters"])
-    hp.pop("_instantiator", None)
-    hp["vggface_weights"] = None  # the trained weights come from the checkpoint
-    module = GeometryModule(**{k: v for k, v in hp.items() if k in GeometryModule.__init__.__code__.co_varnames})
-    stream = {k[len("stream."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("stream.")}
-    module.stream.load_state_dict(stream)
-    if request.image_size not in (None, module.hparams.image_size):
+    if any(k.startswith("generator.") for k in ckpt["state_dict"]):
+        recon = DualStreamReconstructor.from_checkpoint(request.ckpt, device=request.device)
+        predictor = GeometryPredictor.from_reconstructor(recon, request.device)
+    else:
+        hp.pop("_instantiator", None)
+        hp["vggface_weights"] = None  # the trained weights come from the checkpoint
+        module = GeometryModule(**{k: v for k, v in hp.items() if k in GeometryModule.__init__.__code__.co_varnames})
+        stream = {k[len("stream."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("stream.")}
+        if not stream:
+            raise AssetFormatError(f"{request.ckpt}: no `stream.*` (geometry stage) or `generator.*` (texture / "
+                                   "end-to-end stage) weights: not a DualStream checkpoint")
+        module.stream.load_state_dict(stream)
+        predictor, recon = GeometryPredictor.from_module(module, request.device), None
+    if request.image_size not in (None, predictor.image_size):
         raise ValueError(f"--image-size {request.image_size}: the checkpoint was trained on "
-                         f"{module.hparams.image_size}^2 crops")
-    return GeometryPredictor(module, request.device)
+                         f"{predictor.image_size}^2 crops")
+    return predictor, recon
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-def texture_mae(pred: Tensor, true: Tensor, mask: Tensor) -> Tensor:
-    """(B, 3, S, S) UV textures in [0, 1], (B, 1, S, S) valid texels -> (B,) mean absolute error (Table II)."""
-    m = mask.to(pred.dtype).expand_as(pred)
-    return ((pred - true).abs() * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1)
-
-
 def photometric_error(render: Tensor, image: Tensor, mask: Tensor) -> Tensor:
     """(B, 3, H, W) in [0, 1], (B, 1, H, W) visible face -> (B,) mean absolute RGB error on 0..255 (Fig. 11)."""
     return 255.0 * texture_mae(render, image, mask)
@@ -227,12 +255,12 @@ def _batches(ds, batch_size: int):
 
 
 def evaluate_synthetic(predictor: GeometryPredictor, num_images: int = 64, batch_size: int = 16, seed: int = 0,
-                       texture: TextureScorer | None = None, icp_images: int = 8) -> DualStreamEvaluation:
+                       texture: DualStreamReconstructor | None = None, icp_images: int = 8
+                       ) -> DualStreamEvaluation:
     """The held-out synthetic world (module docstring); the mean-ASM baseline beside every geometry number."""
-    hp = predictor.module.hparams
-    ds = SyntheticAsmDataset(num_images, "test", seed=seed, model_path=hp.model_path, image_size=hp.image_size,
-                             uv_size=hp.uv_size, render_wrinkles=False)
-    codec, kp, faces = predictor.module.codec, predictor.keypoints, predictor.faces
+    ds = SyntheticAsmDataset(num_images, "test", seed=seed, model_path=predictor.model_path,
+                             image_size=predictor.image_size, uv_size=predictor.uv_size, render_wrinkles=False)
+    codec, kp, faces = predictor.codec, predictor.keypoints, predictor.faces
     batches = list(_batches(ds, batch_size))
     truth = AsmSample.collate([s for b in batches for s in (AsmSample(**{k: v[i] for k, v in vars(b).items()})
                                                             for i in range(b.image.shape[0]))])
@@ -259,8 +287,11 @@ def evaluate_synthetic(predictor: GeometryPredictor, num_images: int = 64, batch
     p2p = [micc_point_to_plane(verts[i], faces, true_verts[i], crop_radius=None) for i in range(n)]
     p2p_mean = [micc_point_to_plane(mean_verts[i], faces, true_verts[i], crop_radius=None) for i in range(n)]
     res.add("point-to-plane after ICP (true mesh)", sum(p2p) / n, "px", mean_asm=sum(p2p_mean) / n)
-    _add_texture(res, texture, batches, preds)
-    return res
+    if texture is None:
+        res.add("texture MAE", None, "[0, 1] (needs a texture or end-to-end checkpoint)")
+        res.add("photometric error", None, "0..255 (needs a texture or end-to-end checkpoint)")
+        return res
+    return evaluate_texture(texture, num_images, batch_size, seed, res)
 
 
 def _add_nme(res: DualStreamEvaluation, name: str, nme: Tensor, base: Tensor, yaw: Tensor) -> None:
@@ -271,14 +302,46 @@ def _add_nme(res: DualStreamEvaluation, name: str, nme: Tensor, base: Tensor, ya
         res.add(f"{name} yaw [{lo:.0f}, {hi:.0f}] (n={c})", v, "", mean_asm=b)
 
 
-def _add_texture(res: DualStreamEvaluation, texture: TextureScorer | None, batches, preds) -> None:
-    if texture is None:
-        res.add("texture MAE", None, "[0, 1] (needs the texture stream)")
-        res.add("photometric error", None, "0..255 (needs the texture stream)")
-        return
-    scores = [texture(b.image, b, p) for b, p in zip(batches, preds, strict=True)]
-    res.add("texture MAE", float(torch.cat([s[0] for s in scores]).mean()), "[0, 1]")
-    res.add("photometric error", float(torch.cat([s[1] for s in scores]).mean()), "0..255")
+@torch.no_grad()
+def evaluate_texture(recon: DualStreamReconstructor, num_images: int = 64, batch_size: int = 16, seed: int = 0,
+                     res: DualStreamEvaluation | None = None) -> DualStreamEvaluation:
+    """Texture rows (module docstring) of a texture / end-to-end model on the held-out synthetic FTD, each beside
+    its linear-albedo baselines (Table II's comparison) and the mean texture."""
+    from dualstream.texture_data import SyntheticTextureDataset, TextureSample
+
+    res = res if res is not None else DualStreamEvaluation("synthetic")
+    ds = SyntheticTextureDataset(num_images, "test", seed=seed, model_path=recon.model_path,
+                                 image_size=recon.image_size, uv_size=recon.uv_size)
+    rows: dict[str, list[Tensor]] = {k: [] for k in ("ours", "fit", "pred", "truth", "mask", "photo", "photo_lin")}
+    for start in range(0, len(ds), batch_size):
+        b = TextureSample.collate(ds.__getitems__(list(range(start, min(start + batch_size, len(ds))))))
+        rec = recon.reconstruct(b.image)
+        texture, linear = rec.extra_images["texture"].cpu(), rec.extra_images["albedo_map"].cpu()
+        rows["ours"].append(texture_mae(texture, b.texture, b.texture_mask))
+        rows["fit"].append(texture_mae(b.albedo_map, b.texture, b.texture_mask))
+        rows["pred"].append(texture_mae(linear, b.texture, b.texture_mask))
+        rows["truth"].append(b.texture)
+        rows["mask"].append(b.texture_mask)
+        verts = rec.mesh.verts[:, :recon.num_verts]
+        render_linear, _ = recon.fusion(verts, linear.to(verts), rec.encoding.params.sh)
+        mask = rec.render_mask.cpu()
+        seen = mask.flatten(1).sum(1) > 0  # a collapsed mesh (e.g. an untrained network's) renders nothing
+        rows["photo"].append(photometric_error(rec.render.cpu(), b.image, mask)[seen])
+        rows["photo_lin"].append(photometric_error(render_linear.image.cpu(), b.image, mask)[seen])
+    cat = {k: torch.cat(v) for k, v in rows.items()}
+    m = cat["mask"]
+    mean_texture = ((cat["truth"] * m).sum(0, keepdim=True) / m.sum(0, keepdim=True).clamp_min(1)).expand_as(
+        cat["truth"])
+    res.add("texture MAE", float(cat["ours"].mean()), "[0, 1] (synthetic FTD, true albedo)",
+            linear_fit=float(cat["fit"].mean()), linear_pred=float(cat["pred"].mean()),
+            mean_texture=float(texture_mae(mean_texture, cat["truth"], m).mean()))
+    n, seen = len(ds), cat["photo"].numel()
+    if seen == 0:
+        res.add("photometric error", None, f"0..255 (no face rendered: the {n} meshes cover no pixel)")
+    else:
+        res.add("photometric error", float(cat["photo"].mean()), f"0..255 (rendered face region, {seen}/{n} faces)",
+                linear_pred=float(cat["photo_lin"].mean()))
+    return res
 
 
 # ------------------------------------------------------------------------------------------------ folders
@@ -306,9 +369,9 @@ def evaluate_aflw2000(predictor: GeometryPredictor, root: str | Path, num_images
     """AFLW2000-3D (module docstring): 68-point NME with yaw bins, and the dense NME with ``bfm_path``."""
     pairs, skipped = _image_pairs(Path(root).expanduser(), (".mat",), "AFLW2000-3D")
     bfm = read_face3d_bfm(bfm_path) if bfm_path else None
-    if bfm is not None and bfm.shape_mu.numel() // 3 != predictor.module.codec.mapper.num_verts:
+    if bfm is not None and bfm.shape_mu.numel() // 3 != predictor.codec.mapper.num_verts:
         raise ValueError(f"--bfm-path {bfm_path}: {bfm.shape_mu.numel() // 3} vertices, the network's topology has "
-                         f"{predictor.module.codec.mapper.num_verts}: the dense NME needs the same topology")
+                         f"{predictor.codec.mapper.num_verts}: the dense NME needs the same topology")
     res = DualStreamEvaluation("aflw2000", skipped=skipped)
     nme, dense, yaws, size = [], [], [], predictor.image_size
     for image_path, mat_path in pairs[:num_images]:
@@ -404,9 +467,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(request: EvaluateRequest, options: argparse.Namespace) -> DualStreamEvaluation:
     """The :class:`facelab.methods.EvaluateEntry` callable."""
-    predictor = load_predictor(request, options)
+    predictor, recon = load_models(request, options)
     if request.data == "synthetic":
-        return evaluate_synthetic(predictor, request.num_images, request.batch_size, request.seed or 0)
+        return evaluate_synthetic(predictor, request.num_images, request.batch_size, request.seed or 0, recon)
     if request.data == "aflw2000":
         if options.aflw_root is None:
             raise ValueError("--data aflw2000 needs --aflw-root (AFLW2000-3D from the 3DDFA project page)")

@@ -19,5 +19,10 @@ def test_bench_rows_and_goal(capsys, monkeypatch):
             "infer/encoder", "infer/reconstruction"} <= impls
     split = [r for r in rows if r.impl.startswith("train_texture/")]
     assert abs(sum(r.extra["share"] for r in split) - 1.0) < 1e-6
+    whole = next(r for r in rows if r.impl == "infer/reconstruction").extra
+    encoder = next(r for r in rows if r.impl == "infer/encoder").extra
+    assert 0 < encoder["gflop_per_image"] < whole["gflop_per_image"]
+    assert whole["flop_ceiling"] == encoder["gflop_per_image"] / whole["gflop_per_image"]
     bench.report(rows)
-    assert "of the bare encoder >= 60%" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "of the bare encoder >= 60% (FLOP ceiling: the encoder is" in out and "texture_generator" in out

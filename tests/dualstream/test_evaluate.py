@@ -101,3 +101,28 @@ def test_wrong_crop_size_and_missing_roots(predictor):
     req = EvaluateRequest(ckpt=None, data="aflw2000", image_size=32)
     with pytest.raises(ValueError, match="--aflw-root"):
         evaluate_entry.run(req, argparse.Namespace(**OPTIONS))
+
+
+def test_texture_rows_from_an_end_to_end_checkpoint(tmp_path):
+    """A checkpoint with a generator (texture / end-to-end stage): the geometry rows come from its geometry stream,
+    and the texture MAE / photometric error are printed beside the linear-albedo and mean-texture baselines."""
+    from dualstream.module import DualStreamModule
+
+    torch.manual_seed(0)
+    module = DualStreamModule(generator_channels=(8, 16, 16, 16), region_level=2, stylize_levels=(2, 3),
+                              geometry_args=dict(width=0.0625, decoder_width=0.0625), image_size=32, uv_size=32,
+                              allow_random_init=True, loss_weights={"pixel": 0.1, "identity": 0.0, "landmark": 0.01})
+    path = tmp_path / "dualstream.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    req = EvaluateRequest(ckpt=str(path), data="synthetic", num_images=3, batch_size=2, seed=0)
+    res = evaluate_entry.run(req, argparse.Namespace(**OPTIONS))
+    rows = {r["metric"]: r for r in res.rows}
+    tex, photo = rows["texture MAE"], rows["photometric error"]
+    assert 0 < tex["value"] < 1 and set(tex["baselines"]) == {"linear_fit", "linear_pred", "mean_texture"}
+    assert all(0 < v < 1 for v in tex["baselines"].values())
+    # the untrained geometry's mesh collapses to a point (tanh decoders near 0): no pixel to compare, said so
+    assert photo["value"] is None and "no face rendered" in photo["unit"]
+    assert res.value("vertex error") > 0 and "linear_fit" in res.format_table()
+    with pytest.raises(ValueError, match="trained on 32\\^2"):
+        evaluate_entry.run(EvaluateRequest(ckpt=str(path), data="synthetic", image_size=64),
+                           argparse.Namespace(**OPTIONS))

@@ -39,7 +39,7 @@ def test_fit_runs_both_phases(data, tmp_path):
     from facelab.methods import EvaluateRequest
 
     predictor = load_predictor(EvaluateRequest(ckpt=str(path)), argparse.Namespace())
-    same = predictor.module.stream.decoder_id.net[1].weight
+    same = predictor.stream.decoder_id.net[1].weight
     assert torch.equal(same, module.stream.decoder_id.net[1].weight.cpu())
 
 
