@@ -96,9 +96,10 @@ def _e2e(**kw):
 
 def _fit_geometry(module: DualStreamModule, batch: AsmSample, steps: int = 20) -> None:
     """A few ASM-regression steps (a stand-in for stage 1) so the mesh lands on the faces and the render covers
-    pixels: with random geometry every vertex collapses to the crop centre and nothing downstream gets gradients."""
+    pixels: with random geometry every vertex collapses to the crop centre and nothing downstream gets gradients.
+    At lr 3e-3 (the test is seeded): at 1e-2 the 4-channel test trunk's ReLUs died for some seeds (CI: no encoder gradients)."""
     a_id, a_exp = module.codec.encode(batch.asm_id, batch.asm_full)
-    opt = torch.optim.Adam(module.geometry.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(module.geometry.parameters(), lr=3e-3)
     mse = torch.nn.functional.mse_loss
     for _ in range(steps):
         geo = module.geometry(batch.image)
@@ -109,6 +110,7 @@ def _fit_geometry(module: DualStreamModule, batch: AsmSample, steps: int = 20) -
 
 
 def test_end_to_end_config_step_every_parameter_learns(asm_batch, capsys):
+    torch.manual_seed(0)
     cfg = _config("dualstream.yaml")
     assert cfg["lr"] == 5e-5 and cfg["loss_weights"] == {"pixel": 0.1, "identity": 2.0, "landmark": 0.01}
     module = _e2e(allow_random_init=True, loss_weights=cfg["loss_weights"])
