@@ -38,8 +38,9 @@ from facelab.losses import IdentityLoss
 from facelab.masks import convex_hull_mask
 from facelab.render import MeshRenderer, PerspectiveCamera, RenderOutput
 
-__all__ = ["FusionLossWeights", "FusionOutput", "Fusion", "build_geometry_stream", "five_points", "fusion_losses",
-           "lift_to_camera", "pixel_loss", "landmark_alignment_loss", "visibility_mask"]
+__all__ = ["FusionLossWeights", "FusionOutput", "Fusion", "build_geometry_stream", "five_points",
+           "geometry_stream_args", "fusion_losses", "lift_to_camera", "pixel_loss", "landmark_alignment_loss",
+           "visibility_mask"]
 
 #: iBUG-68 indices of the five ArcFace points: eye centres (mean of each eye's six points), nose tip, mouth corners.
 _LEFT_EYE, _RIGHT_EYE, _NOSE, _MOUTH_L, _MOUTH_R = list(range(36, 42)), list(range(42, 48)), 30, 48, 54
@@ -51,8 +52,41 @@ def build_geometry_stream(model_path: str = "synthetic", uv_size: int = 256, **k
     from dualstream.data import load_topology
     from dualstream.geometry import GeometryStream
 
+    kwargs = geometry_stream_args(kwargs)
     kwargs.setdefault("num_albedo", load_topology(model_path).num_albedo)
     return GeometryStream(uv_size=uv_size, **kwargs)
+
+
+def geometry_stream_args(args: dict) -> dict:
+    """``geometry_args`` (a YAML/CLI dict) checked against :class:`dualstream.geometry.GeometryStream`'s signature:
+    an unknown key raises with the valid ones; a value given as text (jsonargparse keeps the dotted CLI form
+    ``--model.init_args.geometry_args.width=0.25`` of a ``dict`` parameter as the string ``"0.25"``) is read as YAML
+    and must then have the annotated type (int, float, bool, str or None)."""
+    import inspect
+    import typing
+
+    import yaml
+
+    from dualstream.geometry import GeometryStream
+
+    hints = typing.get_type_hints(GeometryStream.__init__)
+    valid = [k for k in inspect.signature(GeometryStream.__init__).parameters if k not in ("self", "uv_size")]
+    unknown = sorted(set(args) - set(valid))
+    if unknown:
+        raise ValueError(f"geometry_args: unknown key(s) {unknown}; the geometry stream takes {valid}")
+    out = {}
+    for key, value in args.items():
+        hint = hints[key]
+        allowed = tuple(t for t in typing.get_args(hint) or (hint,))
+        if isinstance(value, str) and str not in allowed:
+            value = yaml.safe_load(value)
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if not ok:
+            raise ValueError(f"geometry_args.{key}: expected {hint}, got {value!r}")
+        out[key] = value
+    return out
 
 
 @dataclass

@@ -12,6 +12,7 @@ from dualstream.fusion import (
     FusionOutput,
     five_points,
     fusion_losses,
+    geometry_stream_args,
     landmark_alignment_loss,
     lift_to_camera,
     pixel_loss,
@@ -76,3 +77,17 @@ def test_fusion_renders_the_asm_mesh_with_its_texture():
     losses["pixel"].backward()
     assert texture.grad.abs().sum() > 0
     assert codec.to_vertices(codec.from_vertices(verts)).shape == verts.shape
+
+
+def test_geometry_args_from_the_dotted_cli_form_are_typed_and_unknown_keys_named():
+    # jsonargparse keeps `--model.init_args.geometry_args.width=0.25` of a dict parameter as the string "0.25"
+    args = geometry_stream_args({"width": "0.25", "decoder_width": 1, "expression_asm": "false",
+                                 "vggface_weights": None})
+    assert args == {"width": 0.25, "decoder_width": 1.0, "expression_asm": False, "vggface_weights": None}
+    assert isinstance(args["decoder_width"], float)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['widht'\].*decoder_width"):
+        geometry_stream_args({"widht": 0.5})
+    with pytest.raises(ValueError, match="geometry_args.width"):
+        geometry_stream_args({"width": "wide"})
+    with pytest.raises(ValueError, match="geometry_args.expression_asm"):
+        geometry_stream_args({"expression_asm": 1})

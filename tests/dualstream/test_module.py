@@ -97,7 +97,8 @@ def _e2e(**kw):
 def _fit_geometry(module: DualStreamModule, batch: AsmSample, steps: int = 20) -> None:
     """A few ASM-regression steps (a stand-in for stage 1) so the mesh lands on the faces and the render covers
     pixels: with random geometry every vertex collapses to the crop centre and nothing downstream gets gradients.
-    At lr 3e-3 (the test is seeded): at 1e-2 the 4-channel test trunk's ReLUs died for some seeds (CI: no encoder gradients)."""
+    At lr 3e-3 (the test is seeded): at 1e-2 the 4-channel test trunk's ReLUs died for some seeds (CI: no encoder
+    gradients)."""
     a_id, a_exp = module.codec.encode(batch.asm_id, batch.asm_full)
     opt = torch.optim.Adam(module.geometry.parameters(), lr=3e-3)
     mse = torch.nn.functional.mse_loss
