@@ -98,19 +98,20 @@ class DualStreamReconstructor(nn.Module):
         model_path: the BFM (topology, UVs, albedo basis) the checkpoint was trained with.
         image_size: crop side. uv_size: ASM / texture side. camera_distance: render camera distance (crop sides).
         heatmap_sigma: landmark-heatmap width (pixels).
+        expression_gain: the ASM codec's gain the geometry stream was trained with (:class:`dualstream.asm.AsmRange`).
     """
 
     uses_face_hull = False
 
     def __init__(self, geometry: nn.Module, generator: TextureGenerator, model_path: str = "synthetic",
                  image_size: int = 256, uv_size: int = 256, camera_distance: float = 10.0,
-                 heatmap_sigma: float = 2.0) -> None:
+                 heatmap_sigma: float = 2.0, expression_gain: float = 8.0) -> None:
         super().__init__()
         from dualstream.data import load_topology
 
         topology = load_topology(model_path)
         self.geometry, self.generator = geometry.eval(), generator.eval()
-        self.codec = topology.codec(uv_size, image_size)
+        self.codec = topology.codec(uv_size, image_size, expression_gain)
         self.albedo_mapper = AlbedoMapper(load_model("bfm", model_path), uv_size)
         self.fusion = Fusion(topology.faces, topology.uv, topology.faces_uv, topology.keypoints, image_size,
                              camera_distance)
@@ -159,7 +160,8 @@ class DualStreamReconstructor(nn.Module):
         load_state_dict_strict(geometry, parts["geometry"], str(ckpt), hint=hint)
         load_state_dict_strict(generator, parts["generator"], str(ckpt), hint=hint)
         out = cls(geometry, generator, path, int(hp.get("image_size", 256)), uv_size,
-                  float(hp.get("camera_distance", 10.0)), float(hp.get("heatmap_sigma", 2.0)))
+                  float(hp.get("camera_distance", 10.0)), float(hp.get("heatmap_sigma", 2.0)),
+                  float(hp.get("expression_gain") or 8.0))
         return out.to(device)
 
     def _camera(self, b: int, like: Tensor):

@@ -36,7 +36,7 @@ from dualstream.fusion import (
 from dualstream.texture import StylizationKind, TextureGenerator, landmark_heatmaps
 from dualstream.texture_data import AlbedoMapper, TextureBatch
 from dualstream.texture_losses import ContextualTextureLoss, TextureLossWeights, reconstruction_loss
-from facelab.io.weights import load_state_dict_strict, read_state_dict
+from facelab.io.weights import load_state_dict_strict, read_checkpoint, read_state_dict
 from facelab.log import get_logger, warn_missing_weights
 from facelab.losses import IdentityLoss, discriminator_loss, generator_loss
 from facelab.morphable import load_model
@@ -87,6 +87,31 @@ def load_stage_checkpoint(modules: dict[str, nn.Module], path: str, config_key: 
     return found
 
 
+def carried_expression_gain(init_ckpt: str | None, given: float | None, config_key: str = "model.init_args.init_ckpt"
+                            ) -> float:
+    """The ASM codec's ``expression_gain`` (:class:`dualstream.asm.AsmRange`) of a later stage: the decoders of
+    stage 1 learned ``a_exp`` at that gain, so every later stage must decode with it. Read from the previous stage's
+    checkpoint hyper-parameters (each stage saves the gain it used); ``given`` (the YAML value) must agree with it;
+    neither: the default 8.
+
+    Raises:
+        ValueError: ``given`` differs from the checkpoint's gain.
+    """
+    carried = None
+    if init_ckpt is not None:
+        hp = read_checkpoint(init_ckpt, what="DualStream stage checkpoint", config_key=config_key).get(
+            "hyper_parameters") or {}
+        carried = hp.get("expression_gain")
+    if given is not None and carried is not None and float(given) != float(carried):
+        raise ValueError(f"model.init_args.expression_gain={given} but {init_ckpt} was trained with "
+                         f"expression_gain={carried}: the expression decoder's outputs are scaled by it; leave the "
+                         "key unset to take the checkpoint's")
+    for value in (given, carried):
+        if value is not None:
+            return float(value)
+    return 8.0
+
+
 def region_colors(regions: Tensor) -> Tensor:
     """(B, n, h, w) soft regions -> (B, 3, h, w) a fixed colour per region, blended by probability (for grids)."""
     n = regions.shape[1]
@@ -124,6 +149,8 @@ class TextureModule(LightningModule):
         geometry: the geometry stream to carry (None: built by :func:`dualstream.fusion.build_geometry_stream`
             from ``geometry_args``).
         geometry_args: keyword arguments of that geometry stream (must match the geometry stage's).
+        expression_gain: the ASM codec's gain; None: the geometry checkpoint's (:func:`carried_expression_gain`);
+            saved so that stage 3 and inference decode with it.
         model_path: the BFM asset (albedo basis and UV layout of ``albedo_input: geometry`` and of stage 3).
         image_size: side of the input crops (checked against the batches; stage 3 and inference read it).
         uv_size: side of the maps.
@@ -151,6 +178,7 @@ class TextureModule(LightningModule):
         albedo_input: Literal["data", "geometry"] = "data",
         geometry: nn.Module | None = None,
         geometry_args: dict | None = None,
+        expression_gain: float | None = None,
         model_path: str = "synthetic",
         image_size: int = 256,
         uv_size: int = 256,
@@ -173,13 +201,14 @@ class TextureModule(LightningModule):
         self.discriminator = discriminator if discriminator is not None else PatchDiscriminator(in_channels=6)
         self.contextual = ContextualTextureLoss(vgg_weights, contextual_size) if self.weights.contextual else None
         require_init(init_ckpt, allow_random_init, "texture", "geometry")
+        expression_gain = carried_expression_gain(init_ckpt, expression_gain)
         self.geometry = self._carried_geometry(geometry, geometry_args, model_path, uv_size, init_ckpt)
         self.albedo_mapper = AlbedoMapper(load_model("bfm", model_path), uv_size) if albedo_input == "geometry" \
             else None
         self.image_grid = ImageGridLogger(log_images_every_n_steps, max_logged_images)
         self.guarded_step = GuardedStep.for_lightning(self, name="DualStream texture", logger=__name__)
         self.save_hyperparameters(ignore=["generator", "discriminator", "geometry", "loss_weights"])
-        self.save_hyperparameters({"loss_weights": asdict(self.weights)})
+        self.save_hyperparameters({"loss_weights": asdict(self.weights), "expression_gain": expression_gain})
 
     def _carried_geometry(self, geometry, geometry_args, model_path, uv_size, init_ckpt) -> nn.Module | None:
         """The frozen geometry stream of stage 1 (None when neither a checkpoint nor ``albedo_input: geometry``
@@ -312,6 +341,7 @@ class DualStreamModule(LightningModule):
         geometry: the geometry stream; None: :func:`dualstream.fusion.build_geometry_stream` with
             ``geometry_args`` (must match stages 1 and 2).
         geometry_args: keyword arguments of :class:`dualstream.geometry.GeometryStream`.
+        expression_gain: the ASM codec's gain; None: the texture checkpoint's (:func:`carried_expression_gain`).
         generator: the texture generator; None: :class:`TextureGenerator` from the settings below (must match
             stage 2).
         num_regions, stylization, generator_channels, region_level, stylize_levels: :class:`TextureGenerator`.
@@ -333,6 +363,7 @@ class DualStreamModule(LightningModule):
         self,
         geometry: nn.Module | None = None,
         geometry_args: dict | None = None,
+        expression_gain: float | None = None,
         generator: TextureGenerator | None = None,
         num_regions: int = 16,
         stylization: StylizationKind = "srsm",
@@ -365,7 +396,8 @@ class DualStreamModule(LightningModule):
         self.lr, self.betas = float(lr), tuple(betas)
         self.image_size, self.uv_size, self.heatmap_sigma = int(image_size), int(uv_size), float(heatmap_sigma)
         topology = load_topology(model_path)
-        self.codec = topology.codec(uv_size, image_size)
+        expression_gain = carried_expression_gain(init_ckpt, expression_gain)
+        self.codec = topology.codec(uv_size, image_size, expression_gain)
         self.geometry = geometry if geometry is not None else build_geometry_stream(
             model_path, uv_size, **(geometry_args or {}))
         self.generator = generator if generator is not None else TextureGenerator(
@@ -387,7 +419,7 @@ class DualStreamModule(LightningModule):
         self.guarded_step = GuardedStep.for_lightning(self, name="DualStream end-to-end", logger=__name__)
         self._warned_hull = False
         self.save_hyperparameters(ignore=["geometry", "generator", "loss_weights"])
-        self.save_hyperparameters({"loss_weights": asdict(self.weights)})
+        self.save_hyperparameters({"loss_weights": asdict(self.weights), "expression_gain": expression_gain})
 
     def _identity_loss(self, weights_path: str | None, backbone: str, depth: int) -> IdentityLoss | None:
         if not self.weights.identity:

@@ -135,16 +135,30 @@ def test_checkpoint_chain_texture_to_end_to_end(texture_batch, tmp_path):
 
     geometry_ckpt = tmp_path / "geometry.ckpt"
     stream = build_geometry_stream("synthetic", SIZE, **GEO)
-    torch.save({"state_dict": {f"stream.{k}": v for k, v in stream.state_dict().items()}}, geometry_ckpt)
+    # stage 1 trained its decoders at a non-default ASM expression gain: every later stage must decode with it
+    torch.save({"state_dict": {f"stream.{k}": v for k, v in stream.state_dict().items()},
+                "hyper_parameters": {"expression_gain": 4.0}}, geometry_ckpt)
     texture = _texture_module(init_ckpt=str(geometry_ckpt), geometry_args=GEO)
     torch.testing.assert_close(texture.geometry.state_dict(), stream.state_dict())
     assert not any(p.requires_grad for p in texture.geometry.parameters())
+    assert texture.hparams.expression_gain == 4.0
+    with pytest.raises(ValueError, match="expression_gain=4.0"):
+        _texture_module(init_ckpt=str(geometry_ckpt), geometry_args=GEO, expression_gain=8.0)
     texture_ckpt = tmp_path / "texture.ckpt"
-    torch.save({"state_dict": texture.state_dict()}, texture_ckpt)
-    e2e = _e2e(init_ckpt=str(texture_ckpt), loss_weights={"pixel": 0.1, "identity": 0.0, "landmark": 0.01})
+    torch.save({"state_dict": texture.state_dict(), "hyper_parameters": dict(texture.hparams)}, texture_ckpt)
+    weights = {"pixel": 0.1, "identity": 0.0, "landmark": 0.01}
+    e2e = _e2e(init_ckpt=str(texture_ckpt), loss_weights=weights)
     torch.testing.assert_close(e2e.generator.state_dict(), texture.generator.state_dict())
     torch.testing.assert_close(e2e.geometry.state_dict(), stream.state_dict())
     assert all(p.requires_grad for p in [*e2e.geometry.parameters(), *e2e.generator.parameters()])
+    assert e2e.codec.range.expression_gain == 4.0 and e2e.hparams.expression_gain == 4.0
+    assert _e2e(allow_random_init=True, loss_weights=weights).codec.range.expression_gain == 8.0
+
+    from dualstream.inference import DualStreamReconstructor
+
+    e2e_ckpt = tmp_path / "e2e.ckpt"
+    torch.save({"state_dict": e2e.state_dict(), "hyper_parameters": dict(e2e.hparams)}, e2e_ckpt)
+    assert DualStreamReconstructor.from_checkpoint(e2e_ckpt).codec.range.expression_gain == 4.0
 
 
 def test_texture_module_rejects_maps_of_the_wrong_size(texture_batch):
