@@ -264,9 +264,13 @@ def evaluate_synthetic(predictor: GeometryPredictor, num_images: int = 64, batch
     batches = list(_batches(ds, batch_size))
     truth = AsmSample.collate([s for b in batches for s in (AsmSample(**{k: v[i] for k, v in vars(b).items()})
                                                             for i in range(b.image.shape[0]))])
+    untrained = GeometryPredictor(predictor.stream.untrained_copy(seed), codec, kp, predictor.model_path,
+                                  predictor.image_size, predictor.uv_size, predictor.device)
     preds = [predictor(b.image) for b in batches]
     pos_full = torch.cat([p.pos_full for p in preds])
     verts = torch.cat([p.verts for p in preds])
+    raw = [untrained(b.image) for b in batches]
+    pos_untrained, verts_untrained = torch.cat([p.pos_full for p in raw]), torch.cat([p.verts for p in raw])
     true_verts = codec.to_vertices(truth.asm_full)
     mean_full = truth.asm_full.mean(0, keepdim=True).expand_as(truth.asm_full)
     mean_verts = codec.to_vertices(mean_full)
@@ -275,18 +279,18 @@ def evaluate_synthetic(predictor: GeometryPredictor, num_images: int = 64, batch
         1).sum(1)
     yaw = _yaw_degrees(truth.pose)
     res = DualStreamEvaluation("synthetic")
-    res.add("ASM error (full map)", float(asm_err(pos_full).mean()), "px", mean_asm=float(asm_err(mean_full).mean()))
-    res.add("vertex error", float((verts - true_verts).norm(dim=-1).mean()), "px",
-            mean_asm=float((mean_verts - true_verts).norm(dim=-1).mean()))
-    nme = landmark_nme(verts[:, kp], truth.landmarks, "bbox")
-    nme_mean = landmark_nme(mean_verts[:, kp], truth.landmarks, "bbox")
-    _add_nme(res, "NME 68", nme, nme_mean, yaw)
-    _add_nme(res, "NME dense", _dense_nme(verts, true_verts, truth.landmarks),
-             _dense_nme(mean_verts, true_verts, truth.landmarks), yaw)
+    vert_err = lambda v: float((v - true_verts).norm(dim=-1).mean())  # noqa: E731
+    res.add("ASM error (full map)", float(asm_err(pos_full).mean()), "px", mean_asm=float(asm_err(mean_full).mean()),
+            untrained=float(asm_err(pos_untrained).mean()))
+    res.add("vertex error", vert_err(verts), "px", mean_asm=vert_err(mean_verts), untrained=vert_err(verts_untrained))
+    nme68 = lambda v: landmark_nme(v[:, kp], truth.landmarks, "bbox")  # noqa: E731
+    _add_nme(res, "NME 68", nme68(verts), yaw, mean_asm=nme68(mean_verts), untrained=nme68(verts_untrained))
+    dense = lambda v: _dense_nme(v, true_verts, truth.landmarks)  # noqa: E731
+    _add_nme(res, "NME dense", dense(verts), yaw, mean_asm=dense(mean_verts), untrained=dense(verts_untrained))
     n = min(icp_images, verts.shape[0])
-    p2p = [micc_point_to_plane(verts[i], faces, true_verts[i], crop_radius=None) for i in range(n)]
-    p2p_mean = [micc_point_to_plane(mean_verts[i], faces, true_verts[i], crop_radius=None) for i in range(n)]
-    res.add("point-to-plane after ICP (true mesh)", sum(p2p) / n, "px", mean_asm=sum(p2p_mean) / n)
+    p2p = lambda v: sum(micc_point_to_plane(v[i], faces, true_verts[i], crop_radius=None) for i in range(n)) / n  # noqa: E731
+    res.add("point-to-plane after ICP (true mesh)", p2p(verts), "px", mean_asm=p2p(mean_verts),
+            untrained=p2p(verts_untrained))
     if texture is None:
         res.add("texture MAE", None, "[0, 1] (needs a texture or end-to-end checkpoint)")
         res.add("photometric error", None, "0..255 (needs a texture or end-to-end checkpoint)")
@@ -294,12 +298,14 @@ def evaluate_synthetic(predictor: GeometryPredictor, num_images: int = 64, batch
     return evaluate_texture(texture, num_images, batch_size, seed, res)
 
 
-def _add_nme(res: DualStreamEvaluation, name: str, nme: Tensor, base: Tensor, yaw: Tensor) -> None:
-    ours, mean = yaw_binned_mean(nme, yaw), yaw_binned_mean(base, yaw)
-    res.add(f"{name} (yaw-balanced)", ours.balanced_mean, "", mean_asm=mean.balanced_mean)
-    for (lo, hi), v, b, c in zip(zip(ours.edges, ours.edges[1:]), ours.per_bin, mean.per_bin, ours.counts,
-                                 strict=True):
-        res.add(f"{name} yaw [{lo:.0f}, {hi:.0f}] (n={c})", v, "", mean_asm=b)
+def _add_nme(res: DualStreamEvaluation, name: str, nme: Tensor, yaw: Tensor, **baselines: Tensor) -> None:
+    """An NME row balanced over the yaw bins, then one row per bin; each baseline binned the same way."""
+    ours = yaw_binned_mean(nme, yaw)
+    base = {k: yaw_binned_mean(v, yaw) for k, v in baselines.items()}
+    res.add(f"{name} (yaw-balanced)", ours.balanced_mean, "", **{k: b.balanced_mean for k, b in base.items()})
+    for i, ((lo, hi), v, c) in enumerate(zip(zip(ours.edges, ours.edges[1:]), ours.per_bin, ours.counts,
+                                             strict=True)):
+        res.add(f"{name} yaw [{lo:.0f}, {hi:.0f}] (n={c})", v, "", **{k: b.per_bin[i] for k, b in base.items()})
 
 
 @torch.no_grad()

@@ -112,10 +112,7 @@ class VGGFaceEncoder(nn.Module):
                  config_key: str = "model.init_args.vggface_weights") -> None:
         super().__init__()
         self.features, channels = _vgg_layers(width)
-        for m in self.features.modules():  # torchvision's VGG initialisation (PyTorch's default one shrinks the
-            if isinstance(m, nn.Conv2d):   # signal ~3x per conv: 13 of them left the latent constant across faces)
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        self.init_trunk()
         self.register_buffer("mean", torch.tensor(VGGFACE_MEAN_RGB).view(1, 3, 1, 1) / 255.0, persistent=False)
         self.project = nn.Identity() if channels == latent_dim else nn.Linear(channels, latent_dim)
         # VGG-Face was trained on mean-subtracted 0..255 input; a random trunk gets unit-scale input instead
@@ -133,6 +130,14 @@ class VGGFaceEncoder(nn.Module):
                                  "the VGG16 trunk trains from random initialisation: the face-recognition prior of "
                                  "the paper is lost (slower convergence, weaker identity cues on real photos)",
                                  logger="dualstream.geometry")
+
+    def init_trunk(self) -> None:
+        """torchvision's VGG initialisation of the convs (PyTorch's default one shrinks the signal ~3x per conv: 13 of
+        them left the latent constant across faces)."""
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> (B, latent_dim) ``f_L`` (Eq. 1)."""
@@ -209,6 +214,20 @@ class GeometryStream(nn.Module):
         self.decoder_exp = AttributeDecoder(uv_size, LATENT_DIM, decoder_width) if expression_asm else None
         self.psn = ParametricSubNetwork(num_albedo)
         self.uv_size, self.expression_asm = uv_size, expression_asm
+
+    def untrained_copy(self, seed: int = 0) -> GeometryStream:
+        """The same networks freshly initialised (seeded; the RNG state outside is left as it was): the "untrained
+        network" baseline of the evaluations. Loaded VGG-Face weights are not restored."""
+        import copy
+
+        fresh = copy.deepcopy(self)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for m in fresh.modules():
+                if m is not fresh and hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+            fresh.encoder.init_trunk()
+        return fresh
 
     def forward(self, image: Tensor, decode: bool = True) -> GeometryOutput:
         """(B, 3, H, W) in [0, 1] -> :class:`GeometryOutput` (``decode=False``: PSN only, maps None-like empty)."""

@@ -46,6 +46,8 @@ def test_synthetic_entry_table_and_json(tmp_path):
                 "texture MAE", "mean_asm"):
         assert row in table
     assert res.value("texture MAE") is None and res.value("vertex error") > 0
+    geometry = [r for r in res.rows if r["value"] is not None]
+    assert geometry and all(set(r["baselines"]) == {"mean_asm", "untrained"} for r in geometry)
     assert (tmp_path / "r.json").exists() is False and res.write_json(tmp_path / "r.json").stat().st_size > 100
 
 

@@ -116,3 +116,18 @@ def test_topology_mirror_on_the_stand_in():
     topo: FaceTopology = load_topology("synthetic:tiny")
     ids = mirror_vertex_ids(topo.mean_shape)
     assert ids.shape == (topo.num_verts,) and (ids[ids] == torch.arange(topo.num_verts)).float().mean() > 0.8
+
+
+def test_untrained_copy_is_a_seeded_fresh_network_and_leaves_the_rng_alone():
+    stream = GeometryStream(uv_size=16, num_albedo=5, width=0.0625, decoder_width=0.0625)
+    with torch.no_grad():
+        for p in stream.parameters():
+            p.add_(1.0)  # "trained"
+    state = torch.random.get_rng_state()
+    a, b = stream.untrained_copy(0), stream.untrained_copy(0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.testing.assert_close(a.state_dict(), b.state_dict())
+    trained, fresh = dict(stream.named_parameters()), dict(a.named_parameters())
+    assert all(not torch.equal(trained[k], v) for k, v in fresh.items() if v.numel() > 1)
+    conv = a.encoder.features[0].weight
+    assert abs(float(conv.std()) - (2.0 / (conv.shape[0] * 9)) ** 0.5) < 0.5 * (2.0 / (conv.shape[0] * 9)) ** 0.5
