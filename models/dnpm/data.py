@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from facelab.data.cache import CacheWriter, read_index
 from facelab.data.detail_maps import (
@@ -65,7 +65,7 @@ from facelab.data.detail_maps import (
     displacement_std_mm,
 )
 from facelab.data.image_io import DataError
-from facelab.data.sampler import ResumableDataLoader, resumable_train_loader
+from facelab.data.modules import SplitLoaders
 from facelab.data.synthetic import SceneConfig
 
 __all__ = [
@@ -512,7 +512,7 @@ class _Collate:
         return DisplacementSample.collate(samples).normalized(self.scale_mm)
 
 
-class DisplacementDataModule(LightningDataModule):
+class DisplacementDataModule(SplitLoaders, LightningDataModule):
     """Displacement maps for DNPM and Detailed3DMM: the synthetic world or a FaceScape cache.
 
     Batches are :class:`facelab.data.detail_maps.DisplacementBatch`: ``map`` (B, 1, R, R) in units of
@@ -614,27 +614,10 @@ class DisplacementDataModule(LightningDataModule):
                 if not self.scale_mm > 0:
                     raise ValueError("the training maps are constant (std 0): nothing to normalise by; set scale_mm")
 
-    def _loader(self, split: str) -> DataLoader:
-        if split not in self.datasets:
-            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+    def _loader_kwargs(self) -> dict:
         hp = self.hparams
-        kwargs = dict(batch_size=hp.batch_size, num_workers=hp.num_workers, collate_fn=_Collate(self.scale_mm),
-                      pin_memory=hp.pin_memory, persistent_workers=hp.persistent_workers and hp.num_workers > 0)
-        if split != "train":
-            return DataLoader(self.datasets[split], shuffle=False, **kwargs)
-        return resumable_train_loader(self.datasets[split], self, hp.seed, **kwargs)
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return dict(batch_size=hp.batch_size, num_workers=hp.num_workers, collate_fn=_Collate(self.scale_mm),
+                    pin_memory=hp.pin_memory, persistent_workers=hp.persistent_workers and hp.num_workers > 0)
 
     def state_dict(self) -> dict:
         return {"scale_mm": self.scale_mm}

@@ -54,11 +54,11 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from dnpm.arkit import NUM_ARKIT, arkit_index, read_live_link_csv
 from facelab.data.image_io import DataError
-from facelab.data.sampler import ResumableDataLoader, resumable_train_loader
+from facelab.data.modules import SplitLoaders
 
 __all__ = [
     "CONSONANTS",
@@ -576,7 +576,7 @@ def _split_pairs(pairs: list, fractions: tuple[float, float, float], seed: int) 
     return {"test": picked[:n_test], "val": picked[n_test : n_test + n_val], "train": picked[n_test + n_val :]}
 
 
-class SpeechDataModule(LightningDataModule):
+class SpeechDataModule(SplitLoaders, LightningDataModule):
     """Speech + ARKit clips for :class:`dnpm.module_speech.SpeechModule`; batches are :class:`SpeechBatch`.
 
     Args:
@@ -647,31 +647,13 @@ class SpeechDataModule(LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = self._dataset(split)
 
-    def _loader(self, split: str) -> DataLoader:
-        if split not in self.datasets:
-            self.datasets[split] = self._dataset(split)
+    def _ensure_dataset(self, split: str) -> None:
+        self.datasets[split] = self._dataset(split)
+
+    def _loader_kwargs(self) -> dict:
         hp = self.hparams
-        kwargs = dict(
-            batch_size=hp.batch_size,
-            num_workers=hp.num_workers,
-            collate_fn=SpeechBatch.collate,
-            persistent_workers=hp.num_workers > 0,
-        )
-        if split != "train":
-            return DataLoader(self.datasets[split], shuffle=False, **kwargs)
-        return resumable_train_loader(self.datasets[split], self, hp.seed, **kwargs)
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return dict(batch_size=hp.batch_size, num_workers=hp.num_workers, collate_fn=SpeechBatch.collate,
+                    persistent_workers=hp.num_workers > 0)
 
 
 def mean_coefficients(dataset: Dataset) -> Tensor:

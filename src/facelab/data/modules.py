@@ -37,10 +37,48 @@ from facelab.data.datasets import CachedFaceDataset, FaceCropSample, open_cache
 from facelab.data.sampler import MixedBatchSampler, ResumableDataLoader, resumable_train_loader
 from facelab.data.synthetic import SceneConfig, SyntheticFaceDataset, SyntheticFaceSample
 
-__all__ = ["CachedFaceDataModule", "SyntheticFaceDataModule"]
+__all__ = ["CachedFaceDataModule", "SplitLoaders", "SyntheticFaceDataModule"]
 
 
-class SyntheticFaceDataModule(LightningDataModule):
+class SplitLoaders:
+    """The four loaders of a ``LightningDataModule`` that keeps its datasets in ``self.datasets[split]``: training
+    shuffles through :func:`~facelab.data.sampler.resumable_train_loader` (seeded by ``hparams.seed``, resumable
+    mid-epoch), validation and test run in order, prediction uses the test split.
+
+    Subclasses give :meth:`_loader_kwargs` (batch size, workers, collate function ...) and may override
+    :meth:`_ensure_dataset` (default: ``setup`` of the stage that builds the split).
+    """
+
+    datasets: dict
+
+    def _loader_kwargs(self) -> dict:
+        raise NotImplementedError
+
+    def _ensure_dataset(self, split: str) -> None:
+        self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+
+    def _loader(self, split: str) -> DataLoader:
+        if split not in self.datasets:
+            self._ensure_dataset(split)
+        kwargs = self._loader_kwargs()
+        if split != "train":
+            return DataLoader(self.datasets[split], shuffle=False, **kwargs)
+        return resumable_train_loader(self.datasets[split], self, self.hparams.seed, **kwargs)
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+class SyntheticFaceDataModule(SplitLoaders, LightningDataModule):
     """Train/val/test loaders over :class:`~facelab.data.synthetic.SyntheticFaceDataset`.
 
     Args:
@@ -125,28 +163,11 @@ class SyntheticFaceDataModule(LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = self._dataset(split, sizes[split])
 
-    def _loader(self, split: str) -> DataLoader:
-        if split not in self.datasets:
-            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+    def _loader_kwargs(self) -> dict:
         workers = self.hparams.num_workers
-        kwargs = dict(batch_size=self.hparams.batch_size, num_workers=workers, collate_fn=SyntheticFaceSample.collate,
-                      pin_memory=self.hparams.pin_memory,
-                      persistent_workers=self.hparams.persistent_workers and workers > 0)
-        if split != "train":
-            return DataLoader(self.datasets[split], shuffle=False, **kwargs)
-        return resumable_train_loader(self.datasets[split], self, self.hparams.seed, **kwargs)
-
-    def train_dataloader(self) -> ResumableDataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return dict(batch_size=self.hparams.batch_size, num_workers=workers, collate_fn=SyntheticFaceSample.collate,
+                    pin_memory=self.hparams.pin_memory,
+                    persistent_workers=self.hparams.persistent_workers and workers > 0)
 
 
 class CachedFaceDataModule(LightningDataModule):
