@@ -274,6 +274,22 @@ class RegressorModule(LightningModule):
         return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.5, 0.999))
 
 
+def regressor_network(hp: dict) -> GlobalGenerator:
+    """The image -> UV displacement regressor (RGB in, one displacement channel out) for a RegressorModule's
+    hyper-parameters (``ngf``, ``n_downsampling``, ``n_blocks``, ``max_channels``, ``image_size``,
+    ``resolution``)."""
+    return GlobalGenerator(
+        3,
+        1,
+        hp["ngf"],
+        hp["n_downsampling"],
+        hp["n_blocks"],
+        hp["max_channels"],
+        input_size=hp["image_size"],
+        output_size=hp["resolution"],
+    )
+
+
 def load_regressor(
     path: str, config_key: str = "model.init_args.regressor_ckpt"
 ) -> tuple[GlobalGenerator, dict[str, Any], float]:
@@ -293,16 +309,7 @@ def load_regressor(
             f"hyper-parameters lack {[k for k in need if k not in hp]}); train one with "
             "configs/dnpm_regressor.yaml"
         )
-    net = GlobalGenerator(
-        3,
-        1,
-        hp["ngf"],
-        hp["n_downsampling"],
-        hp["n_blocks"],
-        hp["max_channels"],
-        input_size=hp["image_size"],
-        output_size=hp["resolution"],
-    )
+    net = regressor_network(hp)
     state = ckpt.get("state_dict", {})
     net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}, strict=True)
     unit = float(state.get("map_unit_mm", torch.tensor(0.0)))
@@ -433,16 +440,7 @@ class RestoreModule(LightningModule):
                 regressor = {**reg_hp, "map_unit_mm": unit}
             elif regressor is not None:
                 regressor = dict(regressor)
-                net = GlobalGenerator(
-                    3,
-                    1,
-                    regressor["ngf"],
-                    regressor["n_downsampling"],
-                    regressor["n_blocks"],
-                    regressor["max_channels"],
-                    input_size=regressor["image_size"],
-                    output_size=regressor["resolution"],
-                ).requires_grad_(False)
+                net = regressor_network(regressor).requires_grad_(False)
             else:
                 raise ValueError(
                     "input: photos needs the trained image -> UV regressor: set "
