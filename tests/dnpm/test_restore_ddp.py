@@ -1,7 +1,8 @@
 """The restoration chain's configs under DDP on two CPU processes (slow): ``configs/dnpm_regressor.yaml`` (the
 image -> UV regressor), then ``configs/dnpm_restore.yaml`` with ``input: photos`` on that regressor's checkpoint and a
 DNPM generator checkpoint (Table III's setting). Each run: one log folder, one event file and one checkpoint (rank 0
-writes), validation metrics synchronised over the ranks (``sync_dist``), and the checkpoint chain works across stages."""
+writes), validation metrics synchronised over the ranks (``sync_dist``), and the checkpoint chain works across
+stages."""
 
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ def _fit(config: str, args: list[str], cwd: Path) -> Path:
 
 def test_regressor_then_photo_restore_under_ddp(tmp_path):
     torch.manual_seed(0)
-    gan = DnpmModule(resolution=32, z_dim=32, w_dim=32, mapping_layers=2, channel_base=512, channel_max=16, render_size=0)
+    gan = DnpmModule(
+        resolution=32, z_dim=32, w_dim=32, mapping_layers=2, channel_base=512, channel_max=16, render_size=0
+    )
     gan.map_scale_mm.fill_(0.08)
     gan_path = tmp_path / "gan.ckpt"
     torch.save({"state_dict": gan.state_dict(), "hyper_parameters": dict(gan.hparams)}, gan_path)
