@@ -2,7 +2,7 @@
 
     facelab animate --method dnpm --ckpt SPEECH.ckpt [--detail-ckpt DETAILED3DMM.ckpt] --audio SPEECH.wav
                     --id ID.npy|random --out DIR [--seed N] [--render-size 256] [--overlap 30] [--mesh-every 1]
-                    [--no-video]
+                    [--no-video] [--target facescape|ict] [--ict-path FaceXModel]
 
 Writes into ``DIR`` (created; every input is checked before anything is written):
 
@@ -15,8 +15,16 @@ Writes into ``DIR`` (created; every input is checked before anything is written)
 
 Without ``--detail-ckpt`` only proxy meshes are produced (a warning says so). Audio of any length runs in windows
 of the network's ``max_frames`` with ``--overlap`` frames cross-faded (:meth:`SpeechToArkit.predict`), with a
-progress bar. ``--id``: a ``.npy`` of K identity coefficients of the bilinear model (offsets from the mean in
+progress bar. ``--id``: a ``.npy`` of K identity coefficients of the target model (offsets from the mean in
 standard deviations) or ``random`` (N(0, I)).
+
+Targets (``--target``): ``facescape`` (default) drives the checkpoint's bilinear model (FaceScape, or the synthetic
+stand-in it was trained with) through :data:`dnpm.arkit.ARKIT_TO_FACESCAPE` / ``ARKIT_TO_STANDIN``; ``ict`` drives
+ICT-FaceKit (``--ict-path``: its ``FaceXModel`` folder; required, as for every ICT use in facelab, since ICT has no
+generated stand-in) through :data:`dnpm.arkit.ARKIT_TO_ICT`, writing ``meshes/ict_NNNNN.obj`` (26,719 vertices,
+centimetres) and rendering the video from them; ``--id`` then holds ICT identity weights (as many as the folder has
+``identityNNN.obj``). Detailed3DMM's details live in the bilinear model's UV layout and have no ICT counterpart:
+``--target ict`` with ``--detail-ckpt`` is refused with an error before anything is loaded.
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dnpm.arkit import write_live_link_csv
+from dnpm.arkit import random_identity, write_live_link_csv
 from facelab.errors import FacelabError, MissingAssetError
+from facelab.io.assets import ASSET_SOURCES
 from facelab.log import get_logger
 
 __all__ = ["add_arguments", "run"]
@@ -53,11 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=int, default=30, help="frames shared by consecutive windows (long audio)")
     parser.add_argument("--mesh-every", type=int, default=1, help="write the OBJ meshes of every N-th frame")
     parser.add_argument("--no-video", action="store_true", help="skip the MP4")
+    parser.add_argument(
+        "--target",
+        choices=("facescape", "ict"),
+        default="facescape",
+        help="the mesh the ARKit weights drive: facescape (the checkpoint's bilinear model) or ict (ICT-FaceKit)",
+    )
+    parser.add_argument("--ict-path", default=None, help="ICT-FaceKit's FaceXModel folder (needed by --target ict)")
 
 
 def _identity(arg: str, k: int, seed: int) -> np.ndarray:
     if arg == "random":
-        return np.random.default_rng(seed).standard_normal(k).astype(np.float32)
+        return random_identity(k, seed)
     path = Path(arg)
     if not path.is_file():
         raise MissingAssetError(f"--id {arg}: no such file (a .npy of {k} identity coefficients, or 'random')")
@@ -113,8 +129,24 @@ def _write_video(path: Path, frames: np.ndarray, fps: float, wav: Path) -> bool:
     return True
 
 
+def _check_target(options: argparse.Namespace) -> None:
+    """Refuse target options that cannot work, before anything is loaded or written."""
+    if options.target == "facescape":
+        return
+    if options.detail_ckpt:
+        raise ValueError(
+            "--detail-ckpt with --target ict: Detailed3DMM's details are displacement maps in the bilinear model's "
+            "UV layout and have no ICT-FaceKit counterpart; drop --detail-ckpt (ICT meshes) or use --target facescape"
+        )
+    if not options.ict_path:
+        raise MissingAssetError(
+            f"--target ict needs --ict-path: ICT-FaceKit's FaceXModel folder (obtain it from: {ASSET_SOURCES['ict']})"
+        )
+
+
 def run(options: argparse.Namespace) -> int:
     """The ``facelab animate --method dnpm`` command (module docstring)."""
+    from dnpm.arkit import arkit_to_expression_matrix, arkit_to_vertices
     from dnpm.detailed3dmm import render_meshes
     from dnpm.module_speech import load_speech_model
     from dnpm.speech_data import read_wav, write_wav
@@ -123,20 +155,26 @@ def run(options: argparse.Namespace) -> int:
 
     if options.render_size < 16 or options.mesh_every < 1:
         raise ValueError("--render-size must be >= 16 and --mesh-every >= 1")
+    _check_target(options)
     device = torch.device(getattr(options, "device", "cpu") or "cpu")
     speech = load_speech_model(options.ckpt).to(device)
     detail = None
-    if options.detail_ckpt:
+    if options.target == "ict":
+        from facelab.morphable.ict import IctFaceModel
+
+        target = IctFaceModel(options.ict_path).to(device).eval()  # MissingAssetError naming the missing file
+    elif options.detail_ckpt:
         from dnpm.module_detailed3dmm import load_detailed3dmm
 
         if not Path(options.detail_ckpt).is_file():
             raise MissingAssetError(f"--detail-ckpt {options.detail_ckpt}: no such checkpoint")
         detail = load_detailed3dmm(options.detail_ckpt, "--detail-ckpt").to(device).eval()
+        target = detail.bilinear
     else:
         log.warning("no --detail-ckpt: proxy meshes only (give a Detailed3DMM checkpoint for the detailed V_h)")
+        target = speech.bilinear
     audio = read_wav(options.audio)  # 16 kHz mono; clear errors for empty / silent / unsupported files
-    bilinear = speech.bilinear if detail is None else detail.bilinear
-    identity = _identity(options.identity, int(bilinear.num_identity), options.seed)
+    identity = _identity(options.identity, int(target.num_identity), options.seed)
     if not 0 <= options.overlap < speech.net.decoder.max_frames:
         raise ValueError(f"--overlap must be in [0, {speech.net.decoder.max_frames})")
 
@@ -153,39 +191,36 @@ def run(options: argparse.Namespace) -> int:
     write_live_link_csv(out / "arkit.csv", arkit.cpu().numpy(), fps=int(round(fps)))
     np.save(out / "arkit.npy", arkit.cpu().numpy().astype(np.float32))
 
-    from dnpm.arkit import arkit_to_expression_matrix
-
-    amap = arkit_to_expression_matrix(bilinear).to(device)
-    ident = torch.from_numpy(identity).to(device)[None]
-    faces = bilinear.faces
+    amap = arkit_to_expression_matrix(target).to(device)
+    ident = torch.from_numpy(identity).to(device)
+    faces = target.faces
+    prefix = "ict" if options.target == "ict" else "proxy"
     renderer = None
     if not options.no_video:
-        mesh_faces = detail.mapper.faces if detail is not None else faces
-        uv = detail.mapper.uv if detail is not None else bilinear.uv
-        fuv = detail.mapper.faces_uv if detail is not None else bilinear.faces_uv
-        renderer = MeshRenderer(mesh_faces, options.render_size, uv=uv, faces_uv=fuv).to(device)
+        if detail is not None:
+            m = detail.mapper
+            renderer = MeshRenderer(m.faces, options.render_size, uv=m.uv, faces_uv=m.faces_uv).to(device)
+        else:
+            renderer = MeshRenderer.from_model(target, image_size=options.render_size).to(device)
     images = []
     chunk = 16
     bar = _Progress(total, "meshes")
     with torch.no_grad():
         for s in range(0, total, chunk):
             a = arkit[s : s + chunk]
-            exp = a @ amap
-            ids = ident.expand(len(a), -1)
             if detail is None:
-                from facelab.morphable import BilinearParams
-
-                proxy = bilinear(BilinearParams(identity=ids, expression=exp)).verts
+                proxy = arkit_to_vertices(target, a, ident, matrix=amap)
                 verts, disp = proxy, None
             else:
-                res = detail(ids, torch.cat([exp.new_ones(len(a), 1), exp], dim=1))
+                exp = a @ amap
+                res = detail(ident.expand(len(a), -1), torch.cat([exp.new_ones(len(a), 1), exp], dim=1))
                 proxy, verts, disp = res.proxy_verts, res.verts, res.displacement_mm
             if not torch.isfinite(verts).all():
                 raise FacelabError("non-finite vertices for this audio (a broken checkpoint?)")
             for i in range(len(a)):
                 n = s + i
                 if n % options.mesh_every == 0:
-                    write_obj(out / "meshes" / f"proxy_{n:05d}.obj", proxy[i].cpu().numpy(), faces.cpu().numpy())
+                    write_obj(out / "meshes" / f"{prefix}_{n:05d}.obj", proxy[i].cpu().numpy(), faces.cpu().numpy())
                     if detail is not None:
                         write_obj(
                             out / "meshes" / f"detailed_{n:05d}.obj",
@@ -207,7 +242,7 @@ def run(options: argparse.Namespace) -> int:
                 shutil.move(str(tmp / "animation.mp4"), out / "animation.mp4")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    kind = "proxy + detailed" if detail is not None else "proxy"
+    kind = {"ict": "ICT-FaceKit", "facescape": "proxy + detailed" if detail is not None else "proxy"}[options.target]
     print(
         f"wrote {out}: arkit.csv / arkit.npy ({total} frames at {fps:g} fps, {len(audio) / 16000:.2f} s), {kind} "
         f"meshes every {options.mesh_every} frame(s)" + (", animation.mp4 (with audio)" if video else "")

@@ -32,9 +32,15 @@ sideways/forward motion and the tongue have no stand-in field and drive nothing.
 
 ARKit -> ICT-FaceKit
 --------------------
-ICT-FaceKit's expressions *are* ARKit-named (plus ``browInnerUp_L/R`` and ``cheekPuff_L/R`` split in two,
-``cheekRaiser_L/R``, ``PupilDilate_L/R``): matched by :func:`canonical_name`; ``browInnerUp`` and ``cheekPuff``
-drive both halves (weight 1 each) when the model splits them; ``tongueOut`` drives nothing (no OBJ).
+ICT-FaceKit's 57 expression OBJs (:data:`ICT_EXPRESSION_NAMES`) *are* ARKit-named, with four differences:
+``browInnerUp`` and ``cheekPuff`` are split into ``_L`` / ``_R`` halves, ``tongueOut`` has no OBJ (ICT's tongue
+does not move), and ``cheekRaiser_L/R`` and ``PupilDilate_L/R`` have no ARKit name. :data:`ARKIT_TO_ICT` writes the
+mapping out: 49 names one-to-one, ``browInnerUp`` and ``cheekPuff`` drive both halves at weight 1 (the halves sum
+to the bilateral shape), ``tongueOut`` drives nothing; ``cheekRaiser_L/R`` and ``PupilDilate_L/R`` stay 0. Every
+ARKit name has an entry (tested); :func:`arkit_to_ict_matrix` builds the matrix for a loaded model's expression
+order (:class:`facelab.morphable.IctFaceModel`: ``vertex_indices.json``'s 53 by default) and
+:func:`arkit_to_vertices` drives the model with it. Other ARKit-named models are matched by name
+(:func:`arkit_to_names_matrix`, the same rule).
 
 Live Link Face CSV
 ------------------
@@ -65,8 +71,10 @@ from facelab.data.image_io import DataError
 __all__ = [
     "ARKIT_NAMES",
     "ARKIT_TO_FACESCAPE",
+    "ARKIT_TO_ICT",
     "ARKIT_TO_STANDIN",
     "FACESCAPE_EXPRESSION_NAMES",
+    "ICT_EXPRESSION_NAMES",
     "LIVE_LINK_NAMES",
     "LIVE_LINK_ROTATIONS",
     "LiveLinkFormatError",
@@ -75,11 +83,14 @@ __all__ = [
     "arkit_index",
     "arkit_to_expression_matrix",
     "arkit_to_facescape_matrix",
+    "arkit_to_ict_matrix",
     "arkit_to_names_matrix",
     "arkit_to_standin_matrix",
+    "arkit_to_vertices",
     "canonical_name",
     "format_timecode",
     "parse_timecode",
+    "random_identity",
     "read_live_link_csv",
     "write_live_link_csv",
 ]
@@ -358,6 +369,126 @@ ARKIT_TO_STANDIN: dict[str, _Weights] = {
 }
 
 
+# --------------------------------------------------------------------------------------------------- ICT-FaceKit
+#: ICT-FaceKit's 57 expression OBJs (``FaceXModel/<name>.obj``): the 53 of ``vertex_indices.json['expressions']``
+#: (ICT's own loader's, :class:`facelab.morphable.IctFaceModel`'s default) in that file's order, then the 4 others.
+ICT_EXPRESSION_NAMES: tuple[str, ...] = (
+    "browDown_L",
+    "browDown_R",
+    "browInnerUp_L",
+    "browInnerUp_R",
+    "browOuterUp_L",
+    "browOuterUp_R",
+    "cheekPuff_L",
+    "cheekPuff_R",
+    "cheekSquint_L",
+    "cheekSquint_R",
+    "eyeBlink_L",
+    "eyeBlink_R",
+    "eyeLookDown_L",
+    "eyeLookDown_R",
+    "eyeLookIn_L",
+    "eyeLookIn_R",
+    "eyeLookOut_L",
+    "eyeLookOut_R",
+    "eyeLookUp_L",
+    "eyeLookUp_R",
+    "eyeSquint_L",
+    "eyeSquint_R",
+    "eyeWide_L",
+    "eyeWide_R",
+    "jawForward",
+    "jawLeft",
+    "jawOpen",
+    "jawRight",
+    "mouthClose",
+    "mouthDimple_L",
+    "mouthDimple_R",
+    "mouthFrown_L",
+    "mouthFrown_R",
+    "mouthFunnel",
+    "mouthLeft",
+    "mouthLowerDown_L",
+    "mouthLowerDown_R",
+    "mouthPress_L",
+    "mouthPress_R",
+    "mouthPucker",
+    "mouthRight",
+    "mouthRollLower",
+    "mouthRollUpper",
+    "mouthShrugLower",
+    "mouthShrugUpper",
+    "mouthSmile_L",
+    "mouthSmile_R",
+    "mouthStretch_L",
+    "mouthStretch_R",
+    "mouthUpperUp_L",
+    "mouthUpperUp_R",
+    "noseSneer_L",
+    "noseSneer_R",
+    "cheekRaiser_L",
+    "cheekRaiser_R",
+    "PupilDilate_L",
+    "PupilDilate_R",
+)
+
+#: ARKit name -> {ICT-FaceKit expression: weight}; every ARKit name is a key ({} = no counterpart).
+ARKIT_TO_ICT: dict[str, _Weights] = {
+    "eyeBlink_L": {"eyeBlink_L": 1.0},
+    "eyeLookDown_L": {"eyeLookDown_L": 1.0},
+    "eyeLookIn_L": {"eyeLookIn_L": 1.0},
+    "eyeLookOut_L": {"eyeLookOut_L": 1.0},
+    "eyeLookUp_L": {"eyeLookUp_L": 1.0},
+    "eyeSquint_L": {"eyeSquint_L": 1.0},
+    "eyeWide_L": {"eyeWide_L": 1.0},
+    "eyeBlink_R": {"eyeBlink_R": 1.0},
+    "eyeLookDown_R": {"eyeLookDown_R": 1.0},
+    "eyeLookIn_R": {"eyeLookIn_R": 1.0},
+    "eyeLookOut_R": {"eyeLookOut_R": 1.0},
+    "eyeLookUp_R": {"eyeLookUp_R": 1.0},
+    "eyeSquint_R": {"eyeSquint_R": 1.0},
+    "eyeWide_R": {"eyeWide_R": 1.0},
+    "jawForward": {"jawForward": 1.0},
+    "jawLeft": {"jawLeft": 1.0},
+    "jawRight": {"jawRight": 1.0},
+    "jawOpen": {"jawOpen": 1.0},
+    "mouthClose": {"mouthClose": 1.0},
+    "mouthFunnel": {"mouthFunnel": 1.0},
+    "mouthPucker": {"mouthPucker": 1.0},
+    "mouthLeft": {"mouthLeft": 1.0},
+    "mouthRight": {"mouthRight": 1.0},
+    "mouthSmile_L": {"mouthSmile_L": 1.0},
+    "mouthSmile_R": {"mouthSmile_R": 1.0},
+    "mouthFrown_L": {"mouthFrown_L": 1.0},
+    "mouthFrown_R": {"mouthFrown_R": 1.0},
+    "mouthDimple_L": {"mouthDimple_L": 1.0},
+    "mouthDimple_R": {"mouthDimple_R": 1.0},
+    "mouthStretch_L": {"mouthStretch_L": 1.0},
+    "mouthStretch_R": {"mouthStretch_R": 1.0},
+    "mouthRollLower": {"mouthRollLower": 1.0},
+    "mouthRollUpper": {"mouthRollUpper": 1.0},
+    "mouthShrugLower": {"mouthShrugLower": 1.0},
+    "mouthShrugUpper": {"mouthShrugUpper": 1.0},
+    "mouthPress_L": {"mouthPress_L": 1.0},
+    "mouthPress_R": {"mouthPress_R": 1.0},
+    "mouthLowerDown_L": {"mouthLowerDown_L": 1.0},
+    "mouthLowerDown_R": {"mouthLowerDown_R": 1.0},
+    "mouthUpperUp_L": {"mouthUpperUp_L": 1.0},
+    "mouthUpperUp_R": {"mouthUpperUp_R": 1.0},
+    "browDown_L": {"browDown_L": 1.0},
+    "browDown_R": {"browDown_R": 1.0},
+    "browInnerUp": {"browInnerUp_L": 1.0, "browInnerUp_R": 1.0},  # ICT splits it: the halves sum to the whole
+    "browOuterUp_L": {"browOuterUp_L": 1.0},
+    "browOuterUp_R": {"browOuterUp_R": 1.0},
+    "cheekPuff": {"cheekPuff_L": 1.0, "cheekPuff_R": 1.0},  # split in ICT as well
+    "cheekSquint_L": {"cheekSquint_L": 1.0},
+    "cheekSquint_R": {"cheekSquint_R": 1.0},
+    "noseSneer_L": {"noseSneer_L": 1.0},
+    "noseSneer_R": {"noseSneer_R": 1.0},
+    "tongueOut": {},  # ICT-FaceKit has a tongue but no tongueOut shape
+}
+
+
 def _check_table(table: dict[str, _Weights], targets: dict[str, int], what: str) -> None:
     keys = {canonical_name(k) for k in table}
     missing = [n for n in ARKIT_NAMES if canonical_name(n) not in keys]
@@ -408,6 +539,30 @@ def arkit_to_standin_matrix(offset: int = 1, jaw_component: int = 0, num_express
     return _matrix(ARKIT_TO_STANDIN, targets, num_expression, "ARKit -> synthetic stand-in")
 
 
+def arkit_to_ict_matrix(
+    expression_names: tuple[str, ...] | list[str] = ICT_EXPRESSION_NAMES[:53], table: dict[str, _Weights] | None = None
+) -> Tensor:
+    """(52, E) ARKit weights -> ICT-FaceKit expression weights (:class:`facelab.morphable.IctFaceModel`'s
+    ``IctParams.expression``, columns in ``expression_names`` order).
+
+    Args:
+        expression_names: the loaded model's ``expression_names`` (default: ``vertex_indices.json``'s 53, ICT's own
+            default); names no entry of the table targets (``cheekRaiser_L/R``, ``PupilDilate_L/R``) stay 0.
+        table: ARKit -> ICT names (default :data:`ARKIT_TO_ICT`).
+
+    Raises:
+        ValueError: the table targets an expression the model was loaded without (load it with the default
+            expressions or ``"all"``).
+    """
+    names = list(expression_names)
+    return _matrix(
+        ARKIT_TO_ICT if table is None else table,
+        {n: i for i, n in enumerate(names)},
+        len(names),
+        "ARKit -> ICT-FaceKit",
+    )
+
+
 def arkit_to_names_matrix(names: list[str] | tuple[str, ...]) -> Tensor:
     """(52, E) ARKit weights -> the weights of a model whose E expressions carry ARKit names (ICT-FaceKit).
 
@@ -428,12 +583,17 @@ def arkit_to_names_matrix(names: list[str] | tuple[str, ...]) -> Tensor:
 
 
 def arkit_to_expression_matrix(model) -> Tensor:
-    """(52, E) ARKit -> expression weights of a morphable model: ICT-style named expressions by name, the synthetic
-    bilinear stand-in by :data:`ARKIT_TO_STANDIN`, FaceScape's bilinear model by :data:`ARKIT_TO_FACESCAPE`.
+    """(52, E) ARKit -> expression weights of a morphable model: ICT-FaceKit by :data:`ARKIT_TO_ICT`, other
+    ARKit-named models by name, the synthetic bilinear stand-in by :data:`ARKIT_TO_STANDIN`, FaceScape's bilinear
+    model by :data:`ARKIT_TO_FACESCAPE`.
 
     ``expression = arkit @ M`` gives the model's (B, E) expression coefficients (for the bilinear model the 51
     blendshape weights of :class:`facelab.morphable.BilinearParams`).
     """
+    from facelab.morphable.ict import IctFaceModel
+
+    if isinstance(model, IctFaceModel):
+        return arkit_to_ict_matrix(model.expression_names)
     names = getattr(model, "expression_names", None)
     if names is not None:
         return arkit_to_names_matrix(list(names))
@@ -449,6 +609,42 @@ def arkit_to_expression_matrix(model) -> Tensor:
             "mapping covers FaceScape's bilinear model (51 blendshapes) and ARKit-named models"
         )
     return arkit_to_facescape_matrix()
+
+
+def random_identity(k: int, seed: int = 0) -> np.ndarray:
+    """(k,) float32 identity coefficients drawn from N(0, I) (the identity prior of every morphable model family;
+    ICT-FaceKit's ``randomize_identity``), deterministic given ``seed``."""
+    return np.random.default_rng(seed).standard_normal(int(k)).astype(np.float32)
+
+
+def arkit_to_vertices(
+    model, arkit: Tensor, identity: Tensor | np.ndarray | None = None, seed: int = 0, matrix: Tensor | None = None
+) -> Tensor:
+    """Per-frame ARKit weights through a morphable model: (T, 52) -> (T, V, 3) vertices (the model's units).
+
+    ``expression = arkit @ M`` (M: :func:`arkit_to_expression_matrix`, e.g. :data:`ARKIT_TO_ICT` for
+    :class:`facelab.morphable.IctFaceModel`, whose vertices are centimetres), one identity for every frame.
+
+    Args:
+        model: a :class:`facelab.morphable.base.MorphableModel` (ICT-FaceKit, the FaceScape bilinear model or its
+            stand-in).
+        arkit: (T, 52) weights in :data:`ARKIT_NAMES` order.
+        identity: (K,) identity coefficients of the model; None: :func:`random_identity` with ``seed``.
+        seed: seed of the random identity.
+        matrix: a precomputed (52, E) M (None: computed from the model).
+    """
+    from facelab.morphable.base import MorphableParams
+
+    if arkit.dim() != 2 or arkit.shape[1] != NUM_ARKIT:
+        raise ValueError(f"arkit must be (T, {NUM_ARKIT}) ARKit weights, got {tuple(arkit.shape)}")
+    k = int(model.num_identity)
+    ident = random_identity(k, seed) if identity is None else identity
+    ident = torch.as_tensor(ident).to(arkit).reshape(-1)
+    if ident.numel() != k:
+        raise ValueError(f"identity must have the model's {k} coefficients, got {ident.numel()}")
+    m = (arkit_to_expression_matrix(model) if matrix is None else matrix).to(arkit)
+    params = MorphableParams(identity=ident.expand(len(arkit), k), expression=arkit @ m)
+    return model(params).verts
 
 
 # ---------------------------------------------------------------------------------------------- Live Link Face CSV

@@ -39,6 +39,12 @@ resampled to 16 kHz); the CSV's frames (usually 60 fps) are resampled to the coe
 interpolation at the frame centres; the pair is cut to the shorter of the two. Unusable pairs are refused with
 a :class:`SpeechDataError` naming the file and the reason (``empty``, ``silent``, ``unsupported``, ``too_short``,
 ``missing_columns``, ...).
+
+Real layouts: VOCASET and BIWI (:mod:`dnpm.speech_corpora`)
+-----------------------------------------------------------
+The two public speech-to-mesh corpora in FaceFormer's preprocessed layout (``wav/``, ``vertices_npy/``,
+``templates.pkl``; ``source="vocaset"`` / ``"biwi"``): they carry per-frame vertices, so the ARKit targets are
+fitted onto a 52-shape ARKit basis on the corpus topology that the user gives (``basis``).
 """
 
 from __future__ import annotations
@@ -71,7 +77,9 @@ __all__ = [
     "SpeechSample",
     "SyntheticSpeechDataset",
     "articulators_to_arkit",
+    "cut_to_overlap",
     "num_frames",
+    "random_crop",
     "read_wav",
     "resample_frames",
     "synthesize_utterance",
@@ -164,16 +172,51 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAM
 
 
 def resample_frames(times: np.ndarray, values: np.ndarray, fps: float, count: int | None = None) -> np.ndarray:
-    """(N, C) values at ``times`` (s) -> (T, C) at the centres ``(t + 0.5) / fps`` of ``T`` frames (linear
-    interpolation, held at the ends); ``T`` defaults to the frames the take covers."""
+    """(N, ...) values at ``times`` (s, increasing) -> (T, ...) float32 at the centres ``(t + 0.5) / fps`` of ``T``
+    frames (linear interpolation, held at the ends; any trailing shape: (N, 52) coefficients, (N, V, 3) vertices);
+    ``T`` defaults to the frames the take covers."""
     times = np.asarray(times, dtype=np.float64)
+    values = np.asarray(values)
     if count is None:
         step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / fps
         count = int(math.floor((times[-1] - times[0] + step) * fps + 1e-6))
-    centres = times[0] + (np.arange(count) + 0.5) / fps
-    return np.stack([np.interp(centres, times, values[:, c]) for c in range(values.shape[1])], axis=1).astype(
-        np.float32
-    )
+    centres = np.clip(times[0] + (np.arange(count) + 0.5) / fps, times[0], times[-1])
+    flat = values.reshape(len(values), -1)
+    if len(times) == 1:
+        return np.repeat(flat, count, axis=0).reshape(count, *values.shape[1:]).astype(np.float32)
+    hi = np.clip(np.searchsorted(times, centres, side="right"), 1, len(times) - 1)
+    lo = hi - 1
+    span = times[hi] - times[lo]
+    w = np.where(span > 0, (centres - times[lo]) / np.where(span > 0, span, 1.0), 0.0)[:, None]
+    out = flat[lo] * (1.0 - w) + flat[hi] * w
+    return out.reshape(count, *values.shape[1:]).astype(np.float32)
+
+
+def cut_to_overlap(audio: np.ndarray, frames: np.ndarray, fps: float, path: str | os.PathLike) -> tuple:
+    """``(audio, frames)`` cut to the shorter of the two: ``T = min(num_frames(len(audio)), len(frames))`` frames
+    and the ``round(T * 16000 / fps)`` samples they span.
+
+    Raises:
+        SpeechDataError: ``too_short`` (fewer than 2 frames in the overlap; ``path`` names the take).
+    """
+    t = min(num_frames(len(audio), fps), len(frames))
+    if t < 2:
+        raise SpeechDataError("too_short", f"fewer than 2 frames at {fps:g} fps in the audio / frames overlap", path)
+    return audio[: int(round(t * SAMPLE_RATE / fps))], frames[:t]
+
+
+def random_crop(
+    rng: np.random.Generator, length: int, fps: float, audio: np.ndarray, *frames: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """A training crop of ``length`` frames at a random offset: ``(audio, *frames)`` cut alike (every ``frames``
+    array (T, ...) at ``fps``, the audio at 16 kHz); unchanged when ``length`` is 0 or not shorter than ``T``."""
+    t = len(frames[0])
+    if not length or t <= length:
+        return (audio, *frames)
+    start = int(rng.integers(0, t - length + 1))
+    spf = SAMPLE_RATE / fps
+    cut = audio[int(round(start * spf)) : int(round((start + length) * spf))]
+    return (cut, *(f[start : start + length] for f in frames))
 
 
 # ----------------------------------------------------------------------------------------- the synthetic speaker
@@ -543,22 +586,10 @@ class LiveLinkSpeechDataset(Dataset):
         wav, csv_path = self.pairs[index]
         audio = read_wav(wav)
         take = read_live_link_csv(csv_path, self.csv_fps)
-        t_audio = num_frames(len(audio), self.fps)
-        coeffs = resample_frames(take.times, take.coefficients, self.fps)
-        t = min(t_audio, len(coeffs))
-        if t < 2:
-            raise SpeechDataError(
-                "too_short", f"fewer than 2 frames at {self.fps:g} fps in the audio / CSV overlap", wav
-            )
-        return audio[: int(round(t * SAMPLE_RATE / self.fps))], coeffs[:t]
+        return cut_to_overlap(audio, resample_frames(take.times, take.coefficients, self.fps), self.fps, wav)
 
     def __getitem__(self, index: int) -> SpeechSample:
-        audio, coeffs = self.load(index)
-        if self.crop_frames and len(coeffs) > self.crop_frames:
-            start = int(self.rng.integers(0, len(coeffs) - self.crop_frames + 1))
-            coeffs = coeffs[start : start + self.crop_frames]
-            spf = SAMPLE_RATE / self.fps
-            audio = audio[int(round(start * spf)) : int(round((start + self.crop_frames) * spf))]
+        audio, coeffs = random_crop(self.rng, self.crop_frames, self.fps, *self.load(index))
         return SpeechSample(
             torch.from_numpy(audio.copy()),
             torch.from_numpy(coeffs.copy()),
@@ -580,9 +611,10 @@ class SpeechDataModule(SplitLoaders, LightningDataModule):
     """Speech + ARKit clips for :class:`dnpm.module_speech.SpeechModule`; batches are :class:`SpeechBatch`.
 
     Args:
-        source: ``synthetic`` (the embedded default) or ``livelink`` (``root``: WAV + Live Link CSV pairs, split
-            by take).
-        root: the Live Link folder.
+        source: ``synthetic`` (the embedded default), ``livelink`` (``root``: WAV + Live Link CSV pairs, split
+            by take), ``vocaset`` or ``biwi`` (``root``: the corpus in FaceFormer's layout, split by speaker and
+            sentence, ARKit targets fitted onto ``basis``: :mod:`dnpm.speech_corpora`).
+        root: the Live Link / VOCASET / BIWI folder.
         fps: coefficient frame rate (30).
         batch_size: clips per batch and process (FaceFormer: 1; equal-length synthetic clips batch without
             padding).
@@ -594,12 +626,18 @@ class SpeechDataModule(SplitLoaders, LightningDataModule):
         random_identity: synthetic clips get N(0, I) identities (False: the mean face).
         split_fractions: Live Link take shares (train, val, test).
         csv_fps: Live Link takes' frame rate (None: inferred).
-        crop_frames: Live Link training crops (0: whole takes).
+        crop_frames: Live Link / VOCASET / BIWI training crops (0: whole takes).
+        basis: VOCASET / BIWI: the ``.npy`` (52, V, 3) ARKit blendshape basis on the corpus topology the targets
+            are fitted onto (required for those sources).
+        subjects: VOCASET / BIWI speakers per split, e.g. ``{"train": ["F2", ...], "val": [...], "test": [...]}``
+            (a split left out, or None: the corpus default, FaceFormer's).
+        sentences: VOCASET / BIWI sentence numbers per split, the same way.
+        vertex_fps: VOCASET / BIWI vertex files' frame rate (None: 60 / 25).
     """
 
     def __init__(
         self,
-        source: Literal["synthetic", "livelink"] = "synthetic",
+        source: Literal["synthetic", "livelink", "vocaset", "biwi"] = "synthetic",
         root: str | None = None,
         fps: float = FPS,
         batch_size: int = 4,
@@ -614,12 +652,30 @@ class SpeechDataModule(SplitLoaders, LightningDataModule):
         split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
         csv_fps: float | None = None,
         crop_frames: int = 0,
+        basis: str | None = None,
+        subjects: dict[str, list[str]] | None = None,
+        sentences: dict[str, list[int]] | None = None,
+        vertex_fps: float | None = None,
     ) -> None:
         super().__init__()
-        if source not in ("synthetic", "livelink"):
-            raise ValueError(f"source must be 'synthetic' or 'livelink', got {source!r}")
-        if source == "livelink" and not root:
-            raise ValueError("source 'livelink' needs root (a folder of <take>.wav + <take>.csv pairs)")
+        layouts = {
+            "livelink": "a folder of <take>.wav + <take>.csv pairs",
+            "vocaset": "the VOCASET folder: wav/, vertices_npy/, templates.pkl",
+            "biwi": "the BIWI folder: wav/, vertices_npy/, templates.pkl",
+        }
+        if source != "synthetic" and source not in layouts:
+            raise ValueError(f"source must be one of {['synthetic', *layouts]}, got {source!r}")
+        if source in layouts and not root:
+            raise ValueError(f"source {source!r} needs root ({layouts[source]})")
+        for name, table in (("subjects", subjects), ("sentences", sentences)):
+            unknown = sorted(set(table or {}) - set(_SPLIT_SEED))
+            if unknown:
+                raise ValueError(f"{name}: unknown split(s) {unknown}; the splits are train, val, test")
+        if source in ("vocaset", "biwi"):
+            from dnpm.speech_corpora import load_arkit_basis
+
+            if not basis:
+                load_arkit_basis(None, source, "data.init_args.basis")  # the error that explains the basis
         self.save_hyperparameters()
         self.datasets: dict[str, Dataset] = {}
 
@@ -630,10 +686,25 @@ class SpeechDataModule(SplitLoaders, LightningDataModule):
             return SyntheticSpeechDataset(
                 counts[split], split, hp.seed, hp.seconds, hp.fps, hp.num_identity, hp.random_identity
             )
+        crop = hp.crop_frames if split == "train" else 0
+        if hp.source in ("vocaset", "biwi"):
+            from dnpm.speech_corpora import CorpusSpeechDataset
+
+            return CorpusSpeechDataset(
+                hp.root,
+                hp.source,
+                split,
+                hp.basis,
+                (hp.subjects or {}).get(split),
+                (hp.sentences or {}).get(split),
+                hp.fps,
+                hp.vertex_fps,
+                hp.num_identity,
+                crop,
+                hp.seed,
+            )
         pairs = _split_pairs(scan_live_link(hp.root), tuple(hp.split_fractions), hp.seed)[split]
-        return LiveLinkSpeechDataset(
-            pairs, hp.fps, hp.csv_fps, hp.num_identity, hp.crop_frames if split == "train" else 0, hp.seed
-        )
+        return LiveLinkSpeechDataset(pairs, hp.fps, hp.csv_fps, hp.num_identity, crop, hp.seed)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {
@@ -652,8 +723,12 @@ class SpeechDataModule(SplitLoaders, LightningDataModule):
 
     def _loader_kwargs(self) -> dict:
         hp = self.hparams
-        return dict(batch_size=hp.batch_size, num_workers=hp.num_workers, collate_fn=SpeechBatch.collate,
-                    persistent_workers=hp.num_workers > 0)
+        return dict(
+            batch_size=hp.batch_size,
+            num_workers=hp.num_workers,
+            collate_fn=SpeechBatch.collate,
+            persistent_workers=hp.num_workers > 0,
+        )
 
 
 def mean_coefficients(dataset: Dataset) -> Tensor:
