@@ -109,7 +109,8 @@ class SpeechModule(LightningModule):
             (:class:`dnpm.speech_model.FaceFormerDecoder`).
         wav2vec_path: local pretrained wav2vec 2.0 folder (None: random ``wav2vec_config`` + WARNING).
         wav2vec_config: ``Wav2Vec2Config`` arguments of the random encoder (None: the small default).
-        freeze_feature_extractor: keep wav2vec 2.0's CNN frozen.
+        freeze_feature_extractor: keep wav2vec 2.0's CNN frozen; None: frozen with pretrained weights (the paper),
+            trained for a random encoder (:class:`dnpm.speech_model.SpeechEncoder`).
         vertex_weight: lambda_1 of Eq. 10 (1).
         coefficient_weight: lambda_2 of Eq. 10 (0.01).
         lr: Adam learning rate (FaceFormer: 1e-4).
@@ -134,7 +135,7 @@ class SpeechModule(LightningModule):
         dropout: float = 0.1,
         wav2vec_path: str | None = None,
         wav2vec_config: dict | None = None,
-        freeze_feature_extractor: bool = True,
+        freeze_feature_extractor: bool | None = None,
         vertex_weight: float = 1.0,
         coefficient_weight: float = 0.01,
         lr: float = 1e-4,

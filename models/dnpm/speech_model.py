@@ -367,7 +367,10 @@ class SpeechEncoder(nn.Module):
         wav2vec_path: a local folder with a pretrained ``Wav2Vec2Model`` (``config.json`` + weights); None: a
             randomly initialised model of ``wav2vec_config`` and a WARNING (``config_key`` names the setting).
         wav2vec_config: ``Wav2Vec2Config`` arguments of the random model (default :data:`SMALL_WAV2VEC2`).
-        freeze_feature_extractor: keep the CNN frozen (FaceFormer, the paper).
+        freeze_feature_extractor: keep the CNN frozen (FaceFormer, the paper). None (the default): frozen when the
+            weights are pretrained (``wav2vec_path``), trained when the model is random: a frozen random CNN is a
+            fixed random projection of the waveform, and on the embedded default it left the held-out lip vertex
+            error at 0.56x of the mean-coefficient baseline (0.20x with the CNN trained, same recipe and steps).
         normalize: zero-mean / unit-variance each clip (what wav2vec 2.0's feature extractor does).
         config_key: the config key of ``wav2vec_path`` for messages.
     """
@@ -377,7 +380,7 @@ class SpeechEncoder(nn.Module):
         d_model: int = 64,
         wav2vec_path: str | None = None,
         wav2vec_config: dict | None = None,
-        freeze_feature_extractor: bool = True,
+        freeze_feature_extractor: bool | None = None,
         normalize: bool = True,
         config_key: str = "model.init_args.wav2vec_path",
     ):
@@ -406,6 +409,8 @@ class SpeechEncoder(nn.Module):
                 logger=__name__,
             )
             self.wav2vec = Wav2Vec2Model(Wav2Vec2Config(**cfg))
+        if freeze_feature_extractor is None:
+            freeze_feature_extractor = bool(wav2vec_path)
         self.freeze_feature_extractor = bool(freeze_feature_extractor)
         if self.freeze_feature_extractor:
             self.wav2vec.feature_extractor.requires_grad_(False)
@@ -462,7 +467,7 @@ class SpeechToArkit(nn.Module):
         dropout: float = 0.1,
         wav2vec_path: str | None = None,
         wav2vec_config: dict | None = None,
-        freeze_feature_extractor: bool = True,
+        freeze_feature_extractor: bool | None = None,
         fps: float = 30.0,
         sample_rate: int = 16000,
         config_key: str = "model.init_args.wav2vec_path",
@@ -505,9 +510,10 @@ class SpeechToArkit(nn.Module):
     def generate(
         self, audio: Tensor, frames: int | None = None, progress: Callable[[int], None] | None = None
     ) -> Tensor:
-        """Autoregressive (B, S) -> (B, T, C) for audio that fits in one pass (``T <= max_frames``)."""
+        """Autoregressive (B, S) -> (B, T, C) for audio that fits in one pass (``T <= max_frames``), clamped to
+        ARKit's range [0, 1] (the decoder feeds itself its raw outputs, as in training)."""
         frames = self.frames_of(audio.shape[1]) if frames is None else int(frames)
-        return self.decoder.generate(self.encoder(audio, frames), progress)
+        return self.decoder.generate(self.encoder(audio, frames), progress).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def predict(

@@ -85,8 +85,10 @@ def test_zero_initialised_output():
 
 
 def test_encoder_frozen_cnn_and_frame_rate():
-    net = SpeechToArkit(d_model=16, max_frames=60)
+    net = SpeechToArkit(d_model=16, max_frames=60, freeze_feature_extractor=True)
     assert not any(p.requires_grad for p in net.encoder.wav2vec.feature_extractor.parameters())
+    # the default for a random encoder (no wav2vec_path): its CNN trains (a frozen random CNN is a random projection)
+    assert all(p.requires_grad for p in SpeechToArkit(d_model=16).encoder.wav2vec.feature_extractor.parameters())
     assert all(p.requires_grad for p in net.encoder.wav2vec.encoder.parameters())
     feats = net.encoder(torch.randn(2, 16000), 30)
     assert feats.shape == (2, 30, 16)
