@@ -9,7 +9,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow lint format bench fit fit-smirk fit-facedet3d fit-dualstream fit-dnpm tensorboard clean
+.PHONY: install test test-slow lint format bench fit fit-smirk fit-facedet3d fit-dualstream fit-dnpm fit-dnpm-apps tensorboard clean
 
 install: $(STAMP)
 
@@ -42,7 +42,7 @@ bench: install
 	$(VENV)/bin/facelab bench smirk
 
 ## Quick start of one method on the embedded synthetic default, CPU-sized: `make fit METHOD=smirk|facedet3d|
-## dualstream|dnpm` chains the method's stages, each from the previous stage's checkpoint.
+## dualstream|dnpm|dnpm-apps` chains the method's stages, each from the previous stage's checkpoint.
 METHOD ?= smirk
 FIT_LOGS ?= logs
 LCLI := $(VENV)/bin/lightning-cli
@@ -99,6 +99,26 @@ fit-dnpm:
 		--trainer.max_epochs=1
 	$(VENV)/bin/facelab detail --method dnpm --ckpt $(call last,dnpm_detailed3dmm) --id random --exp smile \
 		--out $(FIT_LOGS)/dnpm_detail
+
+## DNPM's applications (after fit-dnpm, whose generator they use): speech -> ARKit then an animation of a synthetic
+## utterance; the image -> UV regressor, E_deg on its output (Table III's setting), then a detailed reconstruction of
+## a real photo (scikit-image's astronaut).
+APPS_DIR := $(FIT_LOGS)/dnpm_apps
+fit-dnpm-apps: fit-dnpm
+	mkdir -p $(APPS_DIR)
+	$(LCLI) fit --config configs/dnpm_speech.yaml $(LOGGER) --trainer.max_steps=200
+	$(PY) -c "from dnpm.speech_data import synthesize_utterance, write_wav; \
+		write_wav('$(APPS_DIR)/speech.wav', synthesize_utterance(12345, 6.0)[0])"
+	$(VENV)/bin/facelab animate --method dnpm --ckpt $(call last,dnpm_speech) --audio $(APPS_DIR)/speech.wav \
+		--id random --out $(APPS_DIR)/animation
+	$(LCLI) fit --config configs/dnpm_regressor.yaml $(LOGGER) --trainer.max_steps=100
+	$(LCLI) fit --config configs/dnpm_restore.yaml $(LOGGER) --model.init_args.init_ckpt=$(call last,dnpm) \
+		--model.init_args.input=photos --model.init_args.photos.regressor_ckpt=$(call last,dnpm_regressor) \
+		--trainer.max_steps=100
+	$(PY) -c "from PIL import Image; from skimage import data; Image.fromarray(data.astronaut()).save('$(APPS_DIR)/photo.png')"
+	$(VENV)/bin/facelab reconstruct --method dnpm --ckpt $(call last,dnpm_restore) --input $(APPS_DIR)/photo.png \
+		--out $(APPS_DIR)/reconstruction
+	@echo "outputs: $(APPS_DIR)/animation (arkit.csv, meshes, animation.mp4), $(APPS_DIR)/reconstruction"
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir logs

@@ -21,6 +21,11 @@ as a regressor built on FaceScape's images).
     L_id   = sum_{i=1..5} (1 - cos(R_i(I_gen), R_i(I_high)))   (ArcFace)       (Eq. 14)
     L_deg  = lambda_1 L_pix + lambda_2 L_lpips + lambda_3 L_id,  (10, 0.2, 0.1)  (Eq. 15)
 
+The plain-pSp baseline of Tables II / III (``configs/dnpm_restore_psp.yaml``) trains the same encoder with pSp's own
+objective (Richardson et al. 2021; their ``training/coach.py`` and README): ``l2`` (pixel MSE), LPIPS on AlexNet
+(``lpips_net: alex``), the identity term on ArcFace's final embedding (``identity_features: embedding``) and
+optionally pSp's ``w_norm`` regulariser ``||E(I_low)||_2`` (the distance of the code from ``w_mean``).
+
 ``input: maps`` (Table II): ``I_low`` is the high-quality map degraded on the fly (``degradation``: x1/4 or x1/8
 area downsampling, bicubic back up). ``input: photos`` (Table III): ``I_low`` is the frozen regressor's output on the
 degraded render of the map's face (``regressor_ckpt``: a RegressorModule checkpoint; its render and degradation
@@ -85,13 +90,18 @@ class RestoreLossWeights:
 
     Attributes:
         pixel: lambda_1, the L1 term (Eq. 12).
-        lpips: lambda_2, LPIPS on VGG16 (Eq. 13).
-        identity: lambda_3, ArcFace features at five levels (Eq. 14).
+        lpips: lambda_2, LPIPS on VGG16 (Eq. 13; AlexNet with ``lpips_net: alex``).
+        identity: lambda_3, ArcFace features at five levels (Eq. 14; the embedding with
+            ``identity_features: embedding``).
+        l2: the pixel MSE of plain pSp (``F.mse_loss``; not in Eq. 15: 0 there).
+        w_norm: pSp's ``w_norm`` regulariser ``mean_b ||ws_b - w_mean||_2`` over the whole (N, D) code (0: off).
     """
 
     pixel: float = 10.0
     lpips: float = 0.2
     identity: float = 0.1
+    l2: float = 0.0
+    w_norm: float = 0.0
 
 
 @dataclass
@@ -118,17 +128,18 @@ def map_identity_loss(identity: nn.Module, pred: Tensor, target: Tensor) -> Tens
     return identity(map_to_unit(pred, span), map_to_unit(target, span))
 
 
-def _lpips_vgg(weights: str | None, weight: float, key: str, what: str) -> LPIPS | None:
+def _lpips(weights: str | None, weight: float, key: str, what: str, net: str = "vgg") -> LPIPS | None:
     if not weight:
         return None
+    trunk = {"vgg": "VGG16", "alex": "AlexNet"}[net]
     if weights is None:
         warn_missing_weights(
             key,
-            f"VGG16 (LPIPS, {what})",
-            f"the LPIPS term (weight {weight:g}) runs on a frozen RANDOM VGG16",
+            f"{trunk} (LPIPS, {what})",
+            f"the LPIPS term (weight {weight:g}) runs on a frozen RANDOM {trunk}",
             logger=__name__,
         )
-    return LPIPS("vgg", trunk_weights_path=weights, allow_random=weights is None, input_range="signed")
+    return LPIPS(net, trunk_weights_path=weights, allow_random=weights is None, input_range="signed")
 
 
 def _span(map_scale_mm: float) -> float:
@@ -213,7 +224,7 @@ class RegressorModule(LightningModule):
             3, 1, ngf, n_downsampling, n_blocks, max_channels, input_size=int(image_size), output_size=int(resolution)
         )
         self.renderer = FaceRenderer(bilinear_model(model_path), image_size, bump_gain)
-        self.perceptual = _lpips_vgg(
+        self.perceptual = _lpips(
             lpips_weights, self.weights.perceptual, "model.init_args.lpips_weights", "the regressor's perceptual term"
         )
         self.register_buffer("map_unit_mm", torch.tensor(float(map_unit_mm or 0.0), dtype=torch.float64))
@@ -365,9 +376,13 @@ class RestoreModule(LightningModule):
         photos: ``input: photos``: :class:`PhotoSettings`.
         encoder: :class:`EncoderSettings`.
         loss_weights: Eq. 15's lambdas.
-        lpips_weights: torchvision ``vgg16-397923af.pth`` (LPIPS-VGG of Eq. 13).
+        lpips_weights: torchvision ``vgg16-397923af.pth`` (LPIPS-VGG of Eq. 13; ``alexnet-owt-7be5be79.pth`` with
+            ``lpips_net: alex``).
         arcface_weights: insightface ``arcface_torch`` IResNet ``backbone.pth`` (Eq. 14).
         arcface_depth: its depth (50 / 100 published; 18 for CPU tests).
+        lpips_net: ``vgg`` (Eq. 13) or ``alex`` (plain pSp's LPIPS).
+        identity_features: ``levels`` (Eq. 14: ArcFace features at five levels) or ``embedding`` (plain pSp's
+            ``1 - cos`` of the final embeddings).
         lr: Adam's learning rate.
         log_images_every_n_steps: batches between TensorBoard grids (0: never).
         max_logged_images: samples per grid.
@@ -392,10 +407,17 @@ class RestoreModule(LightningModule):
         log_images_every_n_steps: int = 200,
         max_logged_images: int = 8,
         regressor: dict[str, Any] | None = None,
+        lpips_net: Literal["vgg", "alex"] = "vgg",
+        identity_features: Literal["levels", "embedding"] = "levels",
     ) -> None:
         super().__init__()
         if input not in ("maps", "photos"):
             raise ValueError(f"input must be 'maps' (Table II) or 'photos' (Table III), got {input!r}")
+        if lpips_net not in ("vgg", "alex") or identity_features not in ("levels", "embedding"):
+            raise ValueError(
+                f"lpips_net must be 'vgg' or 'alex' and identity_features 'levels' or 'embedding', got "
+                f"{lpips_net!r}, {identity_features!r}"
+            )
         if init_ckpt is not None:
             gen, config, ckpt_scale = load_generator(init_ckpt, resolution)
             map_scale_mm = ckpt_scale if map_scale_mm is None else map_scale_mm
@@ -475,9 +497,11 @@ class RestoreModule(LightningModule):
                 "log_images_every_n_steps": int(log_images_every_n_steps),
                 "max_logged_images": int(max_logged_images),
                 "regressor": None if self.regressor is None else {**regressor, "map_unit_mm": self.regressor_unit_mm},
+                "lpips_net": lpips_net,
+                "identity_features": identity_features,
             }
         )
-        self.lpips = _lpips_vgg(lpips_weights, self.weights.lpips, "model.init_args.lpips_weights", "Eq. 13")
+        self.lpips = _lpips(lpips_weights, self.weights.lpips, "model.init_args.lpips_weights", "Eq. 13", lpips_net)
         self.identity = None
         if self.weights.identity:
             if arcface_weights is None:
@@ -493,8 +517,8 @@ class RestoreModule(LightningModule):
                 arcface_weights,
                 allow_random=arcface_weights is None,
                 arcface_depth=arcface_depth,
-                feature_layers=ARCFACE_LEVELS,
-                embedding_weight=0.0,
+                feature_layers=ARCFACE_LEVELS if identity_features == "levels" else (),
+                embedding_weight=0.0 if identity_features == "levels" else 1.0,
             )
         self.lr = float(lr)
         self.log_images_every_n_steps, self.max_logged_images = int(log_images_every_n_steps), int(max_logged_images)
@@ -520,15 +544,20 @@ class RestoreModule(LightningModule):
         return restore(self.encoder, self.generator, low)[0]
 
     def losses(self, high: Tensor, low: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Eq. 12-14 terms (those with a non-zero weight) and ``I_gen``."""
-        gen = self(low)
+        """Eq. 12-14 terms (and plain pSp's ``l2`` / ``w_norm``; those with a non-zero weight) and ``I_gen``."""
+        _check_maps(low, self.resolution, "E_deg input")
+        gen, ws = restore(self.encoder, self.generator, low)  # Eq. 11
         losses = {}
         if self.weights.pixel:
             losses["pixel"] = (gen - high).abs().mean()  # Eq. 12
+        if self.weights.l2:
+            losses["l2"] = (gen - high).square().mean()  # pSp's L2
         if self.lpips is not None:
             losses["lpips"] = map_lpips(self.lpips, gen, high)  # Eq. 13
         if self.identity is not None:
             losses["identity"] = map_identity_loss(self.identity, gen, high)  # Eq. 14
+        if self.weights.w_norm:
+            losses["w_norm"] = (ws - self.generator.w_avg.to(ws)).flatten(1).norm(dim=1).mean()  # pSp's w_norm
         return losses, gen
 
     def training_step(self, batch, batch_idx: int) -> Tensor:

@@ -116,6 +116,9 @@ class Reconstruction:
             ``<face>_<name>.png`` and, for videos, ``<stem>_<name>.mp4``); the same names for every batch.
         extra_arrays: name -> (B, ...) the method's other per-face arrays, written as ``<face>_<name>.npy``
             (images only; e.g. UV maps too large for the parameter files).
+        extra_png16: name -> (B, H, W) integer levels in [0, 65535], written losslessly as single-channel 16-bit
+            PNGs ``<face>_<name>.png`` (images only; e.g. displacement maps in FaceScape's uint16 encoding). Their
+            names must differ from :attr:`extra_images`' (both are ``.png`` files).
     """
 
     encoding: FaceEncoding
@@ -125,6 +128,7 @@ class Reconstruction:
     overlay: Tensor
     extra_images: dict[str, Tensor] = field(default_factory=dict)
     extra_arrays: dict[str, Tensor] = field(default_factory=dict)
+    extra_png16: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def verts(self) -> Tensor:

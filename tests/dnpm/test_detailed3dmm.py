@@ -31,14 +31,7 @@ HIDDEN = (32, 32, 32, 32, 32)
 def bilinear():
     return bilinear_model("synthetic")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread (two threads on a shared 2-core machine run ~20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/dnpm/conftest.py
 
 
 @functools.cache

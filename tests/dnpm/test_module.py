@@ -34,14 +34,7 @@ TINY = dict(resolution=RES, z_dim=32, w_dim=32, mapping_layers=2, channel_base=5
 def _dataset() -> SyntheticDisplacementDataset:
     return SyntheticDisplacementDataset(num_identities=8, expressions_per_identity=2, resolution=32)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread (two threads on a shared 2-core machine run ~20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/dnpm/conftest.py
 
 
 def batches(n: int = 4, res: int = RES) -> list:

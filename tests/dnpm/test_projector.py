@@ -14,6 +14,7 @@ from facelab.metrics import psnr
 from facelab.nn.stylegan2 import Generator
 
 GEN = dict(resolution=16, z_dim=32, w_dim=32, mapping_layers=2, channel_base=512, channel_max=32)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/dnpm/conftest.py
 
 
 def test_noise_regularization_penalises_correlated_noise():
@@ -23,15 +24,6 @@ def test_noise_regularization_penalises_correlated_noise():
     assert noise_regularization(smooth) > 20 * noise_regularization(white)
     s = ProjectorSettings(lr=0.1, lr_rampup=0.1, lr_rampdown=0.25)
     assert _lr_at(0.0, s) == 0 and _lr_at(0.5, s) == pytest.approx(0.1) and _lr_at(0.99, s) < 0.01
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread (two threads on a shared 2-core machine run ~20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 
 def test_projection_recovers_a_generated_map():

@@ -14,7 +14,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from dnpm.detailed3dmm import bilinear_model
-from dnpm.module import DnpmModule
 from dnpm.module_restore import (
     EncoderSettings,
     PhotoSettings,
@@ -34,39 +33,13 @@ from facelab.nn.stylegan2 import CheckpointMismatchError, Generator, n_latent_fo
 RES = 32
 GEN = dict(resolution=RES, z_dim=32, w_dim=32, mapping_layers=2, channel_base=512, channel_max=16)
 ENC = EncoderSettings(input_size=32, depth=18, se=True)
-REG = dict(
-    resolution=RES,
-    image_size=64,
-    bump_gain=8.0,
-    ngf=8,
-    n_downsampling=2,
-    n_blocks=1,
-    max_channels=16,
-    degradation=Degradation(size=16, blur_sigma=1.0),
-    log_images_every_n_steps=0,
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/dnpm/conftest.py (also gan_checkpoint, save_checkpoint)
 
 
 @functools.cache
 def batches() -> list:
     data = SyntheticDisplacementDataset(num_identities=4, expressions_per_identity=2, resolution=RES)
     return [DisplacementSample.collate([data[4 * i + j] for j in range(4)]).normalized(0.08) for i in range(2)]
-
-
-def gan_checkpoint(path, resolution: int = RES):
-    torch.manual_seed(0)
-    module = DnpmModule(**{**GEN, "resolution": resolution}, render_size=0)
-    module.map_scale_mm.fill_(0.08)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
 
 
 def _fit(module, steps: int = 2) -> None:
@@ -85,11 +58,6 @@ def _fit(module, steps: int = 2) -> None:
         train_dataloaders=DataLoader(batches(), batch_size=None),
         val_dataloaders=DataLoader(batches()[:1], batch_size=None),
     )
-
-
-def _save(module, path):
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return str(path)
 
 
 # ----------------------------------------------------------------------------------------------------- networks
@@ -189,7 +157,7 @@ def test_restore_module_refuses_without_generator(caplog):
     assert "model.init_args.lpips_weights" in text
 
 
-def test_restore_module_rejects_other_resolution(tmp_path):
+def test_restore_module_rejects_other_resolution(tmp_path, gan_checkpoint):
     ckpt = gan_checkpoint(tmp_path / "gan16.ckpt", resolution=16)
     with pytest.raises(CheckpointMismatchError):
         RestoreModule(init_ckpt=str(ckpt), resolution=RES)
@@ -202,7 +170,7 @@ def _trainable_grads(module) -> None:
     assert not missing, missing[:5]
 
 
-def test_restore_maps_smoke_fit_and_checkpoint(tmp_path):
+def test_restore_maps_smoke_fit_and_checkpoint(tmp_path, gan_checkpoint, save_checkpoint):
     ckpt = gan_checkpoint(tmp_path / "gan.ckpt")
     module = RestoreModule(
         init_ckpt=str(ckpt),
@@ -223,7 +191,7 @@ def test_restore_maps_smoke_fit_and_checkpoint(tmp_path):
     _fit(module)
     for k, v in module.generator.state_dict().items():
         torch.testing.assert_close(v, gen_before[k])
-    path = _save(module, tmp_path / "restore.ckpt")
+    path = save_checkpoint(module, tmp_path / "restore.ckpt")
     again = load_restorer(path)
     low = module.high_and_low(batches()[1])[1]
     torch.testing.assert_close(again(low), module.eval()(low))
@@ -260,8 +228,10 @@ def test_restore_bad_batches():
         RestoreModule(allow_random_init=True, resolution=RES, generator=GEN, encoder=ENC, input="photos")
 
 
-def test_regressor_and_photo_restore_smoke_fit(tmp_path):
-    reg = RegressorModule(**REG, loss_weights=RegressorLossWeights(pixel=1.0, perceptual=0.1), degrade_prob=0.5)
+def test_regressor_and_photo_restore_smoke_fit(tmp_path, gan_checkpoint, save_checkpoint, tiny_regressor_args):
+    reg = RegressorModule(
+        **tiny_regressor_args, loss_weights=RegressorLossWeights(pixel=1.0, perceptual=0.1), degrade_prob=0.5
+    )
     b = batches()[0]
     images, target = reg._batch(b)
     assert images.shape == (4, 3, 64, 64) and target.shape == (4, 1, RES, RES)
@@ -271,7 +241,7 @@ def test_regressor_and_photo_restore_smoke_fit(tmp_path):
     _trainable_grads(reg)
     reg.zero_grad()
     _fit(reg)
-    reg_path = _save(reg, tmp_path / "regressor.ckpt")
+    reg_path = save_checkpoint(reg, tmp_path / "regressor.ckpt")
     net, hp, unit = load_regressor(reg_path)
     assert unit == pytest.approx(0.08) and hp["image_size"] == 64
 
@@ -293,6 +263,6 @@ def test_regressor_and_photo_restore_smoke_fit(tmp_path):
         * (unit / module.map_scale_mm),
     )
     _fit(module)
-    again = load_restorer(_save(module, tmp_path / "restore_photos.ckpt"))
+    again = load_restorer(save_checkpoint(module, tmp_path / "restore_photos.ckpt"))
     torch.testing.assert_close(again.high_and_low(b)[1], module.high_and_low(b)[1])
     torch.testing.assert_close(again(low), module.eval()(low))

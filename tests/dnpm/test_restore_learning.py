@@ -37,7 +37,7 @@ from dnpm.projector import ProjectorSettings, project
 from dnpm.restore_data import Degradation
 from facelab.metrics import psnr, ssim
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # tests/dnpm/conftest.py
 
 RES = 32
 GAN_KIMG = float(os.environ.get("FACELAB_DNPM_GAN_KIMG", "6"))
@@ -58,14 +58,6 @@ GAN = dict(
     snapshot_every_kimg=0.0,
 )
 ENC = EncoderSettings(input_size=32, depth=18)
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache

@@ -15,7 +15,9 @@ decreasing size (``face0`` is the largest). Written to ``--out`` per face, with 
   (``crop_matrix`` maps image pixels to crop pixels, ``crop_to_image`` back; ``box``, ``score``) and a
   ``conventions`` text saying how to map them back to the image;
 * ``NAME_overlay.png``: the rendered face over the crop; ``NAME_<image>.png`` for each extra image the method
-  returns (:attr:`Reconstruction.extra_images`, such as SMIRK's translator output);
+  returns (:attr:`Reconstruction.extra_images`, such as SMIRK's translator output), ``NAME_<array>.npy`` for each
+  extra array and a single-channel 16-bit ``NAME_<map>.png`` for each 16-bit map (:attr:`Reconstruction.extra_png16`,
+  such as DNPM's displacement maps in FaceScape's encoding);
 
 and per image ``<stem>_overlay.png``: every face's render pasted back into the full image. Per video (the largest
 face of the first frame, followed by box overlap; frames where it is lost take the largest face again):
@@ -309,6 +311,15 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
 
 
+def _save_png16(path: Path, levels: torch.Tensor) -> None:
+    """(H, W) integer levels in [0, 65535] -> a lossless single-channel 16-bit PNG."""
+    array = levels.detach().cpu().numpy()
+    if array.ndim != 2 or not np.isfinite(array).all() or array.min() < 0 or array.max() > 65535:
+        raise ValueError(f"{path.name}: a 16-bit map must be (H, W) levels in [0, 65535], got {array.shape} in "
+                         f"[{array.min()}, {array.max()}]")
+    _save_png(path, np.rint(array).astype(np.uint16))
+
+
 def composite_overlays(image: np.ndarray, renders: torch.Tensor, masks: torch.Tensor, matrices: np.ndarray,
                        alpha: float = 0.6) -> np.ndarray:
     """Paste crop-space renders back into the full image, blended like the crop overlays.
@@ -505,6 +516,9 @@ def _reconstruct_image(path: Path, stem: str, out: Path, reconstructor: Reconstr
             for key, array in _extra_arrays(result, reconstructor).items():
                 np.save(out / f"{name}_{key}.npy", array[i].detach().float().cpu().numpy())
                 written.append(f"{name}_{key}.npy")
+            for key, levels in _extra_png16(result, reconstructor).items():
+                _save_png16(out / f"{name}_{key}.png", levels[i])
+                written.append(f"{name}_{key}.png")
         renders.append(result.render.cpu())
         masks.append(result.render_mask.cpu())
     overlay = composite_overlays(image, torch.cat(renders), torch.cat(masks), np.stack([c.matrix for c in crops]))
@@ -534,6 +548,17 @@ def _extra_arrays(result: Reconstruction, reconstructor: Reconstructor) -> dict[
         if not key.replace("_", "").isalnum() or key in reserved:
             raise ValueError(f"extra array name {key!r}: use letters, digits and '_' (not {sorted(reserved)})")
     return arrays
+
+
+def _extra_png16(result: Reconstruction, reconstructor: Reconstructor) -> dict[str, torch.Tensor]:
+    """The method's 16-bit maps (``getattr``: reconstructions built before the field existed have none), names
+    checked like the images' and distinct from them (both are ``NAME_<key>.png``)."""
+    maps = getattr(result, "extra_png16", None) or {}
+    reserved = {"overlay", "params", *reconstructor.meshes, *result.extra_images}
+    for key in maps:
+        if not key.replace("_", "").isalnum() or key in reserved:
+            raise ValueError(f"16-bit map name {key!r}: use letters, digits and '_' (not {sorted(reserved)})")
+    return maps
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

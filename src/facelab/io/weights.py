@@ -24,6 +24,7 @@ def read_checkpoint(path: str | os.PathLike, *, what: str, config_key: str | Non
         AssetFormatError: not loadable with ``weights_only=True``, or not a dict.
     """
     file = require_file(path, what=what, config_key=config_key, family="weights")
+    source = f"{file} (set by {config_key})" if config_key else str(file)
     try:
         try:
             raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
@@ -32,9 +33,9 @@ def read_checkpoint(path: str | os.PathLike, *, what: str, config_key: str | Non
                 raise
             raw = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise AssetFormatError(f"{file}: not a weights file torch can load with weights_only=True ({err})") from err
+        raise AssetFormatError(f"{source}: not a weights file torch can load with weights_only=True ({err})") from err
     if not isinstance(raw, dict):
-        raise AssetFormatError(f"{file}: expected a checkpoint or state dict, got {type(raw).__name__}")
+        raise AssetFormatError(f"{source}: expected a checkpoint or state dict, got {type(raw).__name__}")
     return raw
 
 
