@@ -404,8 +404,9 @@ class SpeechEncoder(nn.Module):
                 config_key,
                 "the wav2vec 2.0 speech encoder",
                 f"it is a randomly initialised Wav2Vec2Model ({cfg.get('num_hidden_layers')} layers, "
-                f"hidden {cfg.get('hidden_size')}) whose frozen CNN stays random: speech features "
-                "are learnt from this data alone",
+                f"hidden {cfg.get('hidden_size')}) whose CNN "
+                f"{'stays random (frozen)' if freeze_feature_extractor else 'trains too'}: speech features are "
+                "learnt from this data alone",
                 logger=__name__,
             )
             self.wav2vec = Wav2Vec2Model(Wav2Vec2Config(**cfg))
