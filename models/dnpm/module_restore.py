@@ -6,9 +6,16 @@ here trained on renders of the synthetic world's bilinear faces whose shading sh
 (:class:`dnpm.restore_data.FaceRenderer`)::
 
     L_reg = pixel || R(x) - I ||_1  +  perceptual LPIPS-VGG(R(x), I)
+            + adversarial L_GAN(R, D)  +  feature_matching L_FM(R, D)
 
-(pix2pixHD's VGG feature term; its adversarial terms are not used: the regressor is the paper's given,
-"pre-trained" front end, and the point of §IV-B is that its output ``I_low`` is blurry on degraded photos).
+pix2pixHD's objective (Wang et al. 2018, Eq. 5: its GAN, feature-matching and VGG terms, plus the L1 a regression
+to known maps affords): ``D`` is its multi-scale PatchGAN (:class:`facelab.nn.MultiscaleDiscriminator`,
+``num_d`` scales, instance norm) on ``[x resized to the map, map]``, the GAN loss LSGAN (``gan_kind``), ``L_FM``
+the L1 between D's intermediate features of the true and the predicted map (Eq. 4,
+:func:`facelab.losses.feature_matching_loss`); weights pixel 1, perceptual 0.1, adversarial 1, feature matching
+10 (pix2pixHD's lambda); ``adversarial: 0`` and ``feature_matching: 0`` drop D (a plain L1 + LPIPS regressor).
+G and D step in turn (manual optimisation, guarded against non-finite losses); under DDP use
+``--trainer.strategy=ddp_find_unused_parameters_true`` (D is frozen in G's step).
 ``x`` is the clean render, or with probability ``degrade_prob`` its degraded copy (default 0: clean renders only,
 as a regressor built on FaceScape's images).
 
@@ -50,6 +57,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
@@ -61,10 +69,19 @@ from dnpm.restore_networks import GlobalGenerator, GradualStyleEncoder, restore
 from facelab.errors import AssetFormatError
 from facelab.io.weights import read_checkpoint
 from facelab.log import get_logger, warn_missing_weights
-from facelab.losses import ARCFACE_LEVELS, LPIPS, IdentityLoss
+from facelab.losses import (
+    ARCFACE_LEVELS,
+    LPIPS,
+    GanLossKind,
+    IdentityLoss,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+)
 from facelab.metrics import psnr, ssim
+from facelab.nn import MultiscaleDiscriminator
 from facelab.nn.stylegan2 import CheckpointMismatchError, Generator
-from facelab.training import tensorboard_writer
+from facelab.training import GuardedStep, tensorboard_writer
 from facelab.viz import rows_grid
 
 __all__ = [
@@ -111,10 +128,14 @@ class RegressorLossWeights:
     Attributes:
         pixel: L1 to the true UV map.
         perceptual: LPIPS-VGG to the true map (pix2pixHD's VGG feature term).
+        adversarial: pix2pixHD's GAN term (multi-scale PatchGAN, Eq. 5; 0 with ``feature_matching`` 0: no D).
+        feature_matching: pix2pixHD's discriminator feature matching (Eq. 4; its lambda 10).
     """
 
     pixel: float = 1.0
     perceptual: float = 0.1
+    adversarial: float = 1.0
+    feature_matching: float = 10.0
 
 
 def map_to_unit(x: Tensor, span: Tensor) -> Tensor:
@@ -173,6 +194,10 @@ class RegressorModule(LightningModule):
         lr: Adam learning rate (pix2pixHD: 2e-4, betas (0.5, 0.999)).
         map_unit_mm: millimetres per unit of the predicted maps (None: the first training batch's ``scale_mm``).
         log_images_every_n_steps: batches between TensorBoard grids (0: never).
+        d_channels, d_layers, num_d: the multi-scale discriminator's first width, strided layers per PatchGAN and
+            scales (pix2pixHD: 64, 3, 2-3; ``d_layers`` 2 suits 32^2 maps, 3 needs 128^2; too deep for the maps is a
+            clear error).
+        gan_kind: its loss (pix2pixHD: ``lsgan``; ``non_saturating`` / ``hinge``).
     """
 
     def __init__(
@@ -193,6 +218,10 @@ class RegressorModule(LightningModule):
         map_unit_mm: float | None = None,
         log_images_every_n_steps: int = 200,
         max_logged_images: int = 8,
+        d_channels: int = 64,
+        d_layers: int = 2,
+        num_d: int = 2,
+        gan_kind: GanLossKind = "lsgan",
     ) -> None:
         super().__init__()
         if not 0.0 <= degrade_prob <= 1.0:
@@ -217,8 +246,13 @@ class RegressorModule(LightningModule):
                 "map_unit_mm": map_unit_mm,
                 "log_images_every_n_steps": int(log_images_every_n_steps),
                 "max_logged_images": int(max_logged_images),
+                "d_channels": int(d_channels),
+                "d_layers": int(d_layers),
+                "num_d": int(num_d),
+                "gan_kind": gan_kind,
             }
         )
+        self.automatic_optimization = False
         self.resolution, self.degrade_prob = int(resolution), float(degrade_prob)
         self.net = GlobalGenerator(
             3, 1, ngf, n_downsampling, n_blocks, max_channels, input_size=int(image_size), output_size=int(resolution)
@@ -227,6 +261,19 @@ class RegressorModule(LightningModule):
         self.perceptual = _lpips(
             lpips_weights, self.weights.perceptual, "model.init_args.lpips_weights", "the regressor's perceptual term"
         )
+        self.gan_kind = gan_kind
+        self.discriminator = None
+        if self.weights.adversarial or self.weights.feature_matching:  # pix2pixHD's D on [image, map] (4 channels)
+            self.discriminator = MultiscaleDiscriminator(4, d_channels, d_layers, num_d, norm="instance")
+            try:
+                with torch.no_grad():
+                    self.discriminator(torch.zeros(2, 4, self.resolution, self.resolution))
+            except (RuntimeError, ValueError) as err:
+                raise ValueError(
+                    f"the regressor's discriminator (d_layers={d_layers}, num_d={num_d}) does not fit "
+                    f"{self.resolution}^2 maps ({err}): lower model.init_args.d_layers or num_d (32^2: d_layers 2)"
+                ) from None
+        self.guard = GuardedStep.for_lightning(self, name="DNPM regressor", logger=__name__)
         self.register_buffer("map_unit_mm", torch.tensor(float(map_unit_mm or 0.0), dtype=torch.float64))
         self.lr = float(lr)
         self.log_images_every_n_steps, self.max_logged_images = int(log_images_every_n_steps), int(max_logged_images)
@@ -241,25 +288,59 @@ class RegressorModule(LightningModule):
         images = self.renderer(batch.identity.to(maps), batch.expression.to(maps), maps * scale)
         return images, maps * (scale / float(self.map_unit_mm))
 
+    def _critic(self, images: Tensor, maps: Tensor) -> list[list[Tensor]]:
+        """D's features (per scale, logits last) of ``[image area-resized to the map, map]``."""
+        condition = F.interpolate(images, size=maps.shape[-2:], mode="area")
+        return self.discriminator(torch.cat([condition, maps], dim=1))
+
     def losses(self, images: Tensor, target: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The regressor's terms (module docstring) and its prediction."""
         pred = self.net(images)
         losses = {"pixel": (pred - target).abs().mean()}
         if self.perceptual is not None:
             losses["perceptual"] = map_lpips(self.perceptual, pred, target)
+        if self.discriminator is not None:
+            fake = self._critic(images, pred)
+            if self.weights.adversarial:
+                losses["adversarial"] = generator_loss(MultiscaleDiscriminator.logits(fake), self.gan_kind)
+            if self.weights.feature_matching:
+                with torch.no_grad():
+                    real = self._critic(images, target)
+                losses["feature_matching"] = feature_matching_loss(real, fake)  # pix2pixHD Eq. 4
         return losses, pred
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def discriminator_losses(self, images: Tensor, target: Tensor, pred: Tensor) -> dict[str, Tensor]:
+        """D's side of pix2pixHD's GAN term: true maps "real", predicted (detached) "fake", every scale."""
+        real = MultiscaleDiscriminator.logits(self._critic(images, target))
+        fake = MultiscaleDiscriminator.logits(self._critic(images, pred.detach()))
+        return {"discriminator": discriminator_loss(real, fake, self.gan_kind)}
+
+    def training_step(self, batch, batch_idx: int) -> None:
         images, target = self._batch(batch)
         if self.degrade_prob > 0:
             pick = torch.tensor(
                 [self._rng.random() < self.degrade_prob for _ in range(len(images))], device=images.device
             )[:, None, None, None]
             images = torch.where(pick, self.degradation(images), images)
+        optimizers = self.optimizers()
+        opt_g, opt_d = optimizers if isinstance(optimizers, list) else (optimizers, None)
+        d_losses = {}
+        if opt_d is not None:  # D's step (R frozen), then R's (D frozen), as pix2pixHD
+            with torch.no_grad():
+                pred = self.net(images)
+            self.toggle_optimizer(opt_d)
+            d_losses = self.discriminator_losses(images, target, pred)
+            self.guard(opt_d, d_losses, {"discriminator": 1.0})
+            self.untoggle_optimizer(opt_d)
+            self.toggle_optimizer(opt_g)
         losses, pred = self.losses(images, target)
-        total = sum(getattr(self.weights, k) * v for k, v in losses.items())
+        total = self.guard(opt_g, losses, self.weights).total
+        if opt_d is not None:
+            self.untoggle_optimizer(opt_g)
+        losses.update(d_losses)
         b = target.shape[0]
         for name, value in losses.items():
-            self.log(f"train/loss_{name}", value, on_step=True, on_epoch=False, sync_dist=True, batch_size=b)
+            self.log(f"train/loss_{name}", value.detach(), on_step=True, on_epoch=False, sync_dist=True, batch_size=b)
         self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True, batch_size=b)
         n, writer = self.log_images_every_n_steps, tensorboard_writer(self.logger, self.global_rank)
         if writer is not None and n > 0 and batch_idx % n == 0:
@@ -271,7 +352,6 @@ class RegressorModule(LightningModule):
                 rows_grid(images[:k], up(target), up(pred.detach()), max_images=k),
                 self.global_step,
             )
-        return total
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, target = self._batch(batch)
@@ -282,7 +362,10 @@ class RegressorModule(LightningModule):
             self.log(f"val/ssim_{name}", ssim(pred, target, data_range=span).mean(), sync_dist=True, batch_size=b)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.5, 0.999))
+        opt_g = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.5, 0.999))
+        if self.discriminator is None:
+            return opt_g
+        return [opt_g, torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=(0.5, 0.999))]
 
 
 def regressor_network(hp: dict) -> GlobalGenerator:

@@ -6,6 +6,9 @@ Optimises ``ws`` (B, N, D), initialised at ``w_avg``, and the per-layer noise ma
     L = pixel_weight * |G(ws, noise) - target|^2  +  lpips_weight * LPIPS(G(ws, noise), target)
         + noise_weight * sum_levels (mean(n * roll_x(n))^2 + mean(n * roll_y(n))^2)
 
+(with ``degrade``, PULSE's form for restoration baselines: ``degrade(G(ws, noise))`` takes the place of ``G``, and
+the target is the degraded map);
+
 * the noise regulariser penalises the autocorrelation of each noise map at every scale of its pyramid (down to
   8x8, 2x2 average pooling), so the noise cannot carry the image; after every step each noise map is renormalised
   to zero mean and unit variance;
@@ -23,6 +26,7 @@ Shapes: ``B`` maps, ``N`` latents, ``D`` w size, ``S`` map side.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -80,7 +84,7 @@ class ProjectionResult:
         ws: (B, N, D) the w+ codes.
         noise: the optimised noise maps, one (B, 1, r, r) per synthesis layer.
         reconstruction: (B, C, S, S) ``G(ws, noise)``.
-        psnr: (B,) final PSNR against the target (``data_range``).
+        psnr: (B,) final PSNR against the target (``data_range``; of the degraded reconstruction with ``degrade``).
         history: ``[(step, mean PSNR)]`` every ``history_every`` steps.
     """
 
@@ -123,7 +127,8 @@ def w_statistics(generator: nn.Module, samples: int, seed: int = 123) -> tuple[T
 
 
 def project(generator: nn.Module, target: Tensor, settings: ProjectorSettings | None = None,
-            lpips: nn.Module | None = None, data_range: float = 2.0, seed: int = 0) -> ProjectionResult:
+            lpips: nn.Module | None = None, data_range: float = 2.0, seed: int = 0,
+            degrade: Callable[[Tensor], Tensor] | None = None) -> ProjectionResult:
     """Invert (B, C, S, S) target maps into w+ (+ noise) of a frozen generator (module docstring).
 
     Args:
@@ -134,6 +139,10 @@ def project(generator: nn.Module, target: Tensor, settings: ProjectorSettings | 
             :func:`dnpm.detailed3dmm.map_lpips`); None: pixel loss only.
         data_range: value span for the PSNR (2 for the FaceScape encoding's [-1, 1]).
         seed: the ws / noise initialisation seed.
+        degrade: PULSE's down-scaling consistency (Menon et al. 2020): the losses and the reported PSNR compare
+            ``degrade(G(ws))`` with a degraded ``target`` (e.g. :class:`dnpm.restore_data.Degradation` of the
+            x1/4 input), so the generator's output is a high-quality map whose degraded copy is the input. None:
+            ``G(ws)`` itself is fitted to ``target``. ``reconstruction`` is always ``G(ws)``.
     """
     s = settings or ProjectorSettings()
     if target.dim() != 4 or target.shape[1:] != (generator.channels, generator.resolution, generator.resolution):
@@ -161,6 +170,8 @@ def project(generator: nn.Module, target: Tensor, settings: ProjectorSettings | 
         w_noise = w_std * s.initial_noise_factor * max(0.0, 1.0 - t / max(s.noise_ramp, 1e-8)) ** 2
         ws_in = ws + torch.randn(ws.shape, generator=gen).to(ws) * w_noise
         synth = generator.synthesis(ws_in, noise=noise if s.optimize_noise else None, noise_mode="const")
+        if degrade is not None:
+            synth = degrade(synth)
         loss = s.pixel_weight * (synth - target).square().mean() / pixel_scale
         if lpips is not None and s.lpips_weight:
             loss = loss + s.lpips_weight * map_lpips(lpips, synth, target)
@@ -178,7 +189,7 @@ def project(generator: nn.Module, target: Tensor, settings: ProjectorSettings | 
                 history.append((step, float(psnr(synth.detach(), target, data_range=data_range).mean())))
     with torch.no_grad():
         recon = generator.synthesis(ws, noise=noise if s.optimize_noise else None, noise_mode="const")
-        final = psnr(recon, target, data_range=data_range)
+        final = psnr(recon if degrade is None else degrade(recon), target, data_range=data_range)
     return ProjectionResult(ws=ws.detach(), noise=[n.detach() for n in noise], reconstruction=recon, psnr=final,
                             history=history)
 
@@ -203,8 +214,8 @@ class Projector(nn.Module):
                 warn_missing_weights("lpips_weights", "AlexNet (LPIPS, projector)", "the projector's LPIPS term runs "
                                      "on a frozen RANDOM AlexNet; the pixel term carries the fit", logger=__name__)
 
-    def forward(self, generator: nn.Module, target: Tensor, data_range: float = 2.0, seed: int = 0
-                ) -> ProjectionResult:
+    def forward(self, generator: nn.Module, target: Tensor, data_range: float = 2.0, seed: int = 0,
+                degrade: Callable[[Tensor], Tensor] | None = None) -> ProjectionResult:
         if self.lpips is not None:
             self.lpips.to(target.device)
-        return project(generator, target, self.settings, self.lpips, data_range, seed)
+        return project(generator, target, self.settings, self.lpips, data_range, seed, degrade)

@@ -63,7 +63,7 @@ from dnpm.module_restore import RestoreModule, _span, load_regressor, load_resto
 from dnpm.projector import Projector, ProjectorSettings
 from dnpm.restore_data import Degradation, FaceRenderer
 from dnpm.restore_networks import restore
-from facelab.data.image_io import DataError
+from facelab.data.image_io import UnusableFacesError
 from facelab.errors import AssetFormatError
 from facelab.fitting import FitResult, FitSchedule, FitTargets, MorphableFitter
 from facelab.log import warn_missing_weights
@@ -351,14 +351,17 @@ class DnpmReconstructor(nn.Module):
         """The bilinear landmark fit (§IV-B) of (B, 3, S, S) crops: mediapipe's 478 points, then the core fitter.
 
         Raises:
-            DataError: ``no_landmarks`` when mediapipe finds no face mesh in a crop.
+            UnusableFacesError: ``no_landmarks`` (with the crop indices) when mediapipe finds no face mesh in some
+                crops.
         """
         images = (crops.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         points = [self.landmarker()(np.ascontiguousarray(image)) for image in images]
         missing = [k for k, p in enumerate(points) if p is None]
-        if missing:
-            raise DataError(
-                "no_landmarks", f"mediapipe found no face mesh in face crop(s) {missing}: the bilinear fit needs them"
+        if missing:  # facelab reconstruct drops these faces and reconstructs the others
+            raise UnusableFacesError(
+                "no_landmarks",
+                f"mediapipe found no face mesh in face crop(s) {missing}: the bilinear fit needs them",
+                missing,
             )
         landmarks = torch.from_numpy(np.stack(points).astype(np.float32)).to(self.device)
         with torch.enable_grad():

@@ -316,6 +316,58 @@ def test_fake_bfm_method_smooths_a_video(fake, fake_ckpt, tmp_path):
     np.testing.assert_allclose(read_obj(tmp_path / "smooth" / "clip_frame000004_mesh.obj").verts, verts, atol=1e-5)
 
 
+class TwoFaces:
+    """Two fixed boxes per image: the left half and the right half."""
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        h, w = image.shape[:2]
+        boxes = np.array([[0, h * 0.2, w * 0.5, h * 0.8], [w * 0.5, h * 0.2, w, h * 0.8]], np.float32)
+        return Detections(boxes, np.zeros((2, 5, 2), np.float32), np.ones(2, np.float32))
+
+
+class DarkFacesUnusable:
+    """The fake method, except that it cannot encode dark crops (as a landmark fit finds no landmarks)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, crops: torch.Tensor):
+        from facelab.data.image_io import UnusableFacesError
+
+        dark = [k for k, c in enumerate(crops) if float(c.mean()) < 0.05]
+        if dark:
+            raise UnusableFacesError("no_landmarks", f"no landmarks in crop(s) {dark}", dark)
+        return self.inner.encode(crops)
+
+
+def test_a_face_the_method_cannot_encode_is_skipped_alone(fake, fake_ckpt, tmp_path, capsys):
+    from facelab.cli.reconstruct import ReconstructOptions, run_reconstruct
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = np.zeros((48, 96, 3), np.uint8)
+    image[:, 48:] = np.random.default_rng(0).integers(60, 255, (48, 48, 3), dtype=np.uint8)  # the right face
+    Image.fromarray(image).save(inputs / "two.png")
+    Image.fromarray(np.zeros((48, 96, 3), np.uint8)).save(inputs / "dark.png")
+    reconstructor = DarkFacesUnusable(fake.from_checkpoint(str(fake_ckpt)))
+    cropper = FaceCropper(TwoFaces(), 32, 1.0, None, min_face=8)
+    report = run_reconstruct([inputs], tmp_path / "out", reconstructor, ReconstructOptions(batch_size=4), cropper)
+    (entry,) = report["reconstructed"]
+    assert entry["input"].endswith("two.png") and entry["faces"] == 1
+    (skipped_face,) = entry["skipped_faces"]
+    assert skipped_face["reason"] == "no_landmarks"
+    kept = 1 - skipped_face["face"]
+    assert f"two_face{kept}_mesh.obj" in entry["outputs"] and (tmp_path / "out" / "two_overlay.png").is_file()
+    assert not any(f"face{skipped_face['face']}_" in name for name in entry["outputs"])
+    # an image whose every face is unusable is skipped with that reason
+    (skipped,) = report["skipped"]
+    assert skipped["input"].endswith("dark.png") and skipped["reason"] == "no_landmarks"
+    assert "face 0 skipped (no_landmarks)" in capsys.readouterr().err
+
+
 def reconstructor_crop(path: Path, params) -> torch.Tensor:
     """The (1, 3, 32, 32) crop the command made (from the written crop matrix)."""
     from facelab.data.crop import crop_uint8

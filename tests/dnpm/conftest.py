@@ -1,10 +1,14 @@
 """Shared pieces of the DNPM tests: one intra-op thread for tiny networks (``pytestmark =
-pytest.mark.usefixtures("one_thread")``, or ``"one_thread_module"`` to cover module-scoped fixtures too) and tiny
-checkpoints (the DNPM generator, the regressor's settings)."""
+pytest.mark.usefixtures("one_thread")``, or ``"one_thread_module"`` to cover module-scoped fixtures too), tiny
+checkpoints (the DNPM generator, the regressor's settings) and ``lightning-cli fit`` in a subprocess
+(:func:`lightning_fit`, with the one-run-folder check of the DDP tests)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,4 +83,43 @@ def tiny_regressor_args() -> dict:
         max_channels=16,
         degradation=Degradation(size=16, blur_sigma=1.0),
         log_images_every_n_steps=0,
+        d_channels=8,
+        d_layers=2,
+        num_d=2,
     )
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _lightning_fit(*args: str, cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
+    cli = Path(sys.executable).parent / "lightning-cli"
+    env = {k: v for k, v in os.environ.items() if k != "FACELAB_LOG_LEVEL"} | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(cli), "fit", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _single_run(proc: subprocess.CompletedProcess, logs: Path) -> Path:
+    """Assert the run succeeded and wrote one run folder with one event file (rank 0 alone writes under DDP);
+    returns its ``last.ckpt``."""
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    runs = list(logs.glob("version_*"))
+    assert len(runs) == 1, runs
+    assert len(list(runs[0].glob("events.out.tfevents.*"))) == 1, list(runs[0].iterdir())
+    ckpts = list(runs[0].rglob("last.ckpt"))
+    assert len(ckpts) == 1, ckpts
+    return ckpts[0]
+
+
+@pytest.fixture(scope="session")
+def lightning_fit():
+    """``fit(*args, cwd, timeout=1200) -> CompletedProcess``: ``lightning-cli fit ARGS`` in a subprocess (one
+    intra-op thread per process, the user's log level)."""
+    return _lightning_fit
+
+
+@pytest.fixture(scope="session")
+def single_run():
+    """``check(proc, logs_dir) -> last.ckpt``: the run succeeded and wrote one run folder with one event file and
+    one ``last.ckpt`` (no per-rank duplicates under DDP)."""
+    return _single_run

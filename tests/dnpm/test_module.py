@@ -7,9 +7,6 @@ through ``lightning-cli``."""
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -154,28 +151,17 @@ def test_configs_train_in_process(tmp_path, capsys):
     assert torch.isfinite(torch.as_tensor(cli.trainer.callback_metrics["val/psnr"]))
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    cli = Path(sys.executable).parent / "lightning-cli"
-    env = {k: v for k, v in os.environ.items() if k != "FACELAB_LOG_LEVEL"} | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(cli), "fit", *args], cwd=cwd, capture_output=True, text=True, timeout=1200, env=env)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("devices", [1, 2])
-def test_lightning_cli_chains_the_stages(tmp_path, devices):
+def test_lightning_cli_chains_the_stages(tmp_path, devices, lightning_fit, single_run):
     """The quick-start chain through ``lightning-cli`` (one process, and DDP over two CPU processes with gloo):
     ``configs/dnpm.yaml`` for a few steps, then ``configs/dnpm_detailed3dmm.yaml`` from its checkpoint; rank 0
     alone writes the logs (one TensorBoard run per stage)."""
     ddp = [] if devices == 1 else ["--trainer.accelerator=cpu", "--trainer.devices=2",
                                    "--trainer.strategy=ddp_find_unused_parameters_true"]
-    proc = _cli("--config", str(REPO / "configs" / "dnpm.yaml"), *SMALL_GAN, "--trainer.max_steps=12", *ddp,
-                cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ckpt = next((tmp_path / "logs" / "dnpm").rglob("last.ckpt"))
-    proc = _cli("--config", str(REPO / "configs" / "dnpm_detailed3dmm.yaml"), *SMALL_D3, *ddp,
-                f"--model.init_args.init_ckpt={ckpt}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    for stage in ("dnpm", "dnpm_detailed3dmm"):
-        runs = list((tmp_path / "logs" / stage).glob("version_*"))
-        assert len(runs) == 1 and len(list(runs[0].glob("events.*"))) == 1, runs  # no per-rank duplicates
-    assert list((tmp_path / "logs" / "dnpm_detailed3dmm").rglob("last.ckpt"))
+    proc = lightning_fit("--config", REPO / "configs" / "dnpm.yaml", *SMALL_GAN, "--trainer.max_steps=12", *ddp,
+                         cwd=tmp_path)
+    ckpt = single_run(proc, tmp_path / "logs" / "dnpm")
+    proc = lightning_fit("--config", REPO / "configs" / "dnpm_detailed3dmm.yaml", *SMALL_D3, *ddp,
+                         f"--model.init_args.init_ckpt={ckpt}", cwd=tmp_path)
+    single_run(proc, tmp_path / "logs" / "dnpm_detailed3dmm")

@@ -54,3 +54,26 @@ def test_projector_without_lpips_weights_warns(capsys):
     gen = Generator(**GEN)
     out = projector(gen, torch.zeros(1, 1, 16, 16) + 0.1)
     assert torch.isfinite(out.reconstruction).all()
+
+
+def test_pulse_form_fits_the_degraded_output_to_the_degraded_target():
+    """With ``degrade`` the loss sees ``degrade(G(ws))``: the fit recovers a generated map from its x1/4 copy better
+    than the average map, and its PSNR is measured on the degraded pair."""
+    from dnpm.restore_data import Degradation
+
+    torch.manual_seed(0)
+    gen = Generator(**GEN).eval()
+    with torch.no_grad():
+        high = gen.synthesis(gen.mapping(torch.randn(2, 32)), noise_mode="const")
+        mean_map = gen.synthesis(gen.w_avg.expand(1, gen.n_latent, -1).clone(), noise_mode="const")
+    degrade = Degradation(factor=4)
+    low = degrade(high)
+    span = float(high.max() - high.min())
+    settings = ProjectorSettings(steps=50, lr=0.1, w_avg_samples=256, lpips_weight=0.0, optimize_noise=False)
+    result = project(gen, low, settings, data_range=span, degrade=degrade)
+    torch.testing.assert_close(result.psnr, psnr(degrade(result.reconstruction), low, data_range=span))
+    recovered = psnr(result.reconstruction, high, data_range=span)
+    baseline = psnr(mean_map.expand_as(high), high, data_range=span)
+    print(f"PULSE-form PSNR to the high-quality map {recovered.mean():.2f} dB vs the average map "
+          f"{baseline.mean():.2f} dB")
+    assert (recovered > baseline + 3).all()

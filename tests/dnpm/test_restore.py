@@ -236,11 +236,15 @@ def test_regressor_and_photo_restore_smoke_fit(tmp_path, gan_checkpoint, save_ch
     images, target = reg._batch(b)
     assert images.shape == (4, 3, 64, 64) and target.shape == (4, 1, RES, RES)
     losses, _ = reg.losses(images, target)
-    assert set(losses) == {"pixel", "perceptual"} and all(torch.isfinite(v) for v in losses.values())
+    assert set(losses) == {"pixel", "perceptual", "adversarial", "feature_matching"}  # pix2pixHD's terms
+    assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    _trainable_grads(reg)
+    _trainable_grads(reg.net)
     reg.zero_grad()
+    d_before = [p.detach().clone() for p in reg.discriminator.parameters()]
     _fit(reg)
+    assert all(not torch.equal(a, p) for a, p in zip(d_before, reg.discriminator.parameters()))  # D trained
+    assert all(p.requires_grad for p in [*reg.net.parameters(), *reg.discriminator.parameters()])  # untoggled
     reg_path = save_checkpoint(reg, tmp_path / "regressor.ckpt")
     net, hp, unit = load_regressor(reg_path)
     assert unit == pytest.approx(0.08) and hp["image_size"] == 64
@@ -266,3 +270,17 @@ def test_regressor_and_photo_restore_smoke_fit(tmp_path, gan_checkpoint, save_ch
     again = load_restorer(save_checkpoint(module, tmp_path / "restore_photos.ckpt"))
     torch.testing.assert_close(again.high_and_low(b)[1], module.high_and_low(b)[1])
     torch.testing.assert_close(again(low), module.eval()(low))
+
+
+def test_regressor_without_gan_terms_has_no_discriminator(tiny_regressor_args):
+    """``adversarial: 0`` and ``feature_matching: 0``: a plain L1 (+ LPIPS) regressor, one optimizer, no D."""
+    weights = RegressorLossWeights(pixel=1.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0)
+    reg = RegressorModule(**tiny_regressor_args, loss_weights=weights)
+    assert reg.discriminator is None and isinstance(reg.configure_optimizers(), torch.optim.Adam)
+    images, target = reg._batch(batches()[0])
+    assert set(reg.losses(images, target)[0]) == {"pixel"}
+    before = [p.detach().clone() for p in reg.net.parameters()]
+    _fit(reg)
+    assert any(not torch.equal(a, p) for a, p in zip(before, reg.net.parameters()))
+    with pytest.raises(ValueError, match="d_layers"):  # a PatchGAN too deep for 32^2 maps
+        RegressorModule(**{**tiny_regressor_args, "d_layers": 3})

@@ -28,7 +28,8 @@ STEPS = 900
 RECIPE = dict(model_path="synthetic", lr=1e-3, training_mode="teacher_forcing", self_feed=0.5)
 MEASURED = (
     "2026-12-03, 1 thread on 2 shared cores, this test (9.1 min): held-out LVE 0.92 mm vs 5.95 mean-coefficients "
-    "(0.15x), LVE^2 2.09 vs 53.1, coefficient L1 0.0117 vs 0.0289 zeros / 0.0304 mean (0.40x). The fix: the random wav2vec 2.0's CNN is trained (freeze_feature_extractor: null -> "
+    "(0.15x), LVE^2 2.09 vs 53.1, coefficient L1 0.0117 vs 0.0289 zeros / 0.0304 mean (0.40x). The fix: the "
+    "random wav2vec 2.0's CNN is trained (freeze_feature_extractor: null -> "
     "frozen only with pretrained weights); frozen it was a random projection and the same run reached 0.56x / 0.70x. "
     "Full autoregressive training did not help (LVE 0.59x, coefficient L1 1.35x after 900 steps)."
 )

@@ -9,7 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from facelab.losses import AdversarialLoss, LazyR1, discriminator_loss, generator_loss, r1_penalty
+from facelab.losses import (
+    AdversarialLoss,
+    LazyR1,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+    r1_penalty,
+)
 
 REAL = torch.tensor([2.0, -1.0])
 FAKE = torch.tensor([[0.5], [-3.0]])  # any shape
@@ -109,3 +116,19 @@ def test_lazy_r1_cadence_and_scaling():
     assert not LazyR1(gamma=0.0).due
     with pytest.raises(ValueError, match="interval"):
         LazyR1(interval=0)
+
+
+def test_feature_matching_is_pix2pixhds_weighted_l1_of_the_intermediate_features():
+    real = [[torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 2, 2), torch.full((1, 1, 1, 1), 9.0)],
+            [torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 1, 1), torch.full((1, 1, 1, 1), -9.0)]]
+    fake = [[torch.ones(1, 2, 4, 4), torch.full((1, 3, 2, 2), 2.0), torch.zeros(1, 1, 1, 1)],
+            [torch.full((1, 2, 2, 2), 3.0), torch.zeros(1, 3, 1, 1), torch.zeros(1, 1, 1, 1)]]
+    # 2 intermediate maps per scale: weight 4 / 2 each, 1 / 2 per scale; the logits do not count
+    expected = (4 / 2) * (1 / 2) * ((1 + 2) + (3 + 0))
+    assert float(feature_matching_loss(real, fake)) == pytest.approx(expected)
+    fake = [[t.clone().requires_grad_(True) for t in f] for f in fake]
+    real = [[t.clone().requires_grad_(True) for t in f] for f in real]
+    feature_matching_loss(real, fake).backward()
+    assert fake[0][0].grad is not None and real[0][0].grad is None  # the real features are targets
+    with pytest.raises(ValueError, match="scales"):
+        feature_matching_loss(real, fake[:1])

@@ -1,5 +1,5 @@
-"""PatchGAN (pix2pix) and U-Net discriminator: shapes, the 70x70 receptive field measured by gradients, parameter
-counts, spectral norm, regression heads, gradients."""
+"""PatchGAN (pix2pix), its multi-scale form (pix2pixHD), U-Net discriminator: shapes, the 70x70 receptive field
+measured by gradients, parameter counts, spectral norm, regression heads, gradients."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelab.nn import PatchDiscriminator, UNetDiscriminator, conv_receptive_field
+from facelab.nn import MultiscaleDiscriminator, PatchDiscriminator, UNetDiscriminator, conv_receptive_field
 
 
 def empirical_receptive_field(model: nn.Module, in_channels: int, size: int) -> tuple[int, int]:
@@ -126,3 +126,20 @@ def test_float64():
     out = UNetDiscriminator(1, channels=(4, 8), heads={"au": 2}).double()(x)
     assert out.pixel_logits.dtype == out.heads["au"].dtype == torch.float64
     assert PatchDiscriminator(1, base_channels=4, spectral_norm=True).double()(x).dtype == torch.float64
+
+
+def test_multiscale_discriminator_scales_and_features():
+    torch.manual_seed(0)
+    disc = MultiscaleDiscriminator(in_channels=4, base_channels=8, n_layers=2, num_d=3).eval()
+    x = torch.randn(2, 4, 128, 128)
+    features = disc(x)
+    assert len(features) == 3 and all(len(f) == 2 + 2 for f in features)  # n_layers + 1 activations, then logits
+    for k, f in enumerate(features):  # scale k sees the input average-pooled k times
+        pooled = x
+        for _ in range(k):
+            pooled = F.avg_pool2d(pooled, 3, stride=2, padding=1, count_include_pad=False)
+        torch.testing.assert_close(f[-1], disc.scales[k](pooled))
+        torch.testing.assert_close(f[0], disc.scales[k].model[:2](pooled))  # the first conv + LeakyReLU
+    assert [t.shape[-1] for t in MultiscaleDiscriminator.logits(features)] == [30, 14, 6]
+    with pytest.raises(ValueError, match="num_d"):
+        MultiscaleDiscriminator(num_d=0)

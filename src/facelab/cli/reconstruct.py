@@ -27,7 +27,10 @@ arrays, the frame indices and fps (``<stem>_<image>.mp4`` for the extra images, 
 processed frames before meshes and overlays are made (see :func:`smooth_sequence`).
 
 Bad inputs never stop a run: unreadable files and images without a face are reported (``no face found in X``),
-skipped and listed in ``OUT/report.json``. Exit code: 0 when at least one face was reconstructed, 1 when nothing was
+skipped and listed in ``OUT/report.json``. A face the method cannot encode (it raises
+:class:`facelab.data.image_io.UnusableFacesError`, e.g. no landmarks found in that crop) is dropped alone: the
+other faces of the image are reconstructed and the entry lists it under ``skipped_faces`` (in a video, such a frame
+counts as one without the face). Exit code: 0 when at least one face was reconstructed, 1 when nothing was
 (every input skipped), 2 for errors that stop the run (unknown method, missing or unreadable checkpoint or model,
 bad options).
 """
@@ -59,7 +62,7 @@ from facelab.data.crop import (
     transform_points,
     warp_crop,
 )
-from facelab.data.image_io import DataError, read_image
+from facelab.data.image_io import DataError, UnusableFacesError, read_image
 from facelab.data.video import iter_frames, probe_video
 from facelab.masks import convex_hull_mask
 from facelab.methods import Method, parse_method_options, resolve_method
@@ -430,7 +433,8 @@ def run_reconstruct(inputs: list[str | os.PathLike], out: str | os.PathLike, rec
         progress: show a progress bar on stderr.
 
     Returns:
-        The report written to ``out/report.json``: ``reconstructed`` (input, faces, outputs) and ``skipped``
+        The report written to ``out/report.json``: ``reconstructed`` (input, faces, outputs, and
+        ``skipped_faces`` when some faces of it could not be encoded) and ``skipped``
         (input, reason, detail) lists, ``faces``.
 
     Raises:
@@ -450,13 +454,15 @@ def run_reconstruct(inputs: list[str | os.PathLike], out: str | os.PathLike, rec
     for path, reconstruct_file in tqdm(work, disable=not progress, unit="file", desc="reconstruct",
                                        dynamic_ncols=True):
         try:
-            outputs, faces = reconstruct_file(path, names[path], out_path, reconstructor, options, cropper)
+            outputs, faces, skipped_faces = reconstruct_file(path, names[path], out_path, reconstructor, options,
+                                                             cropper)
         except DataError as err:
             report.skip(path, err.reason, str(err))
         except Exception as err:  # one bad file must never stop a long run; it is reported
             report.skip(path, "error", f"{path}: {type(err).__name__}: {err}")
         else:
-            report.reconstructed.append({"input": str(path), "faces": faces, "outputs": outputs})
+            entry = {"input": str(path), "faces": faces, "outputs": outputs}
+            report.reconstructed.append({**entry, "skipped_faces": skipped_faces} if skipped_faces else entry)
     result = {"settings": reconstructor.settings(), "options": asdict(options), "faces": report.faces,
               "reconstructed": report.reconstructed, "skipped": report.skipped}
     (out_path / "report.json").write_text(json.dumps(result, indent=1))
@@ -484,25 +490,33 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 
 def _reconstruct_image(path: Path, stem: str, out: Path, reconstructor: Reconstructor, options: ReconstructOptions,
-                       cropper: FaceCropper) -> tuple[list[str], int]:
-    """All faces of one image. Returns the written file names and the face count; DataError when no face."""
+                       cropper: FaceCropper) -> tuple[list[str], int, list[dict]]:
+    """All faces of one image. Returns the written file names, the face count and the faces the method could not
+    encode (face index, reason, detail); DataError when no face is found or none could be encoded."""
     image = read_image(path, min_side=16)
     crops = cropper(image, options.max_faces)
     if not crops:
         raise DataError("no_face", f"no face found in {path}")
     device, size = _device(reconstructor), reconstructor.image_size
-    written, renders, masks = [], [], []
+    written, renders, masks, used, unusable = [], [], [], [], []
     for first, batch in zip(range(0, len(crops), options.batch_size), _chunks(crops, options.batch_size)):
+        keep, encoding, dropped = _encode_usable(reconstructor, batch, device)
+        for k, err in dropped:
+            unusable.append((first + k, err))
+            print(f"facelab reconstruct: {path}: face {first + k} skipped ({err.reason}): {err}", file=sys.stderr)
+        if encoding is None:
+            continue
+        numbers, batch = [first + k for k in keep], [batch[k] for k in keep]
+        used += batch
         images = _image_tensor([c.image for c in batch], device)
-        encoding = reconstructor.encode(images)
         hull = _hull_batch(batch, size, device, reconstructor.uses_face_hull)
         result = reconstructor.decode(encoding, images, hull)
         arrays, crop_arrays = encoding_to_arrays(encoding), _crop_arrays(batch)
         conventions = _conventions(reconstructor, encoding)
         verts = result.verts.float().cpu().numpy()
         for i, crop in enumerate(batch):
-            name = f"{stem}_face{first + i}"
-            meta = {"source": str(path), "face": first + i, "crop_size": size, "crop_method": crop.method,
+            name = f"{stem}_face{numbers[i]}"
+            meta = {"source": str(path), "face": numbers[i], "crop_size": size, "crop_method": crop.method,
                     "image_height": image.shape[0], "image_width": image.shape[1], **reconstructor.settings(),
                     "conventions": conventions}
             _write_params(out, name, {**{k: v[i] for k, v in arrays.items()},
@@ -521,9 +535,34 @@ def _reconstruct_image(path: Path, stem: str, out: Path, reconstructor: Reconstr
                 written.append(f"{name}_{key}.png")
         renders.append(result.render.cpu())
         masks.append(result.render_mask.cpu())
-    overlay = composite_overlays(image, torch.cat(renders), torch.cat(masks), np.stack([c.matrix for c in crops]))
+    if not used:
+        k, err = unusable[0]
+        raise DataError(err.reason, f"no face of {path} could be reconstructed (face {k}: {err})")
+    overlay = composite_overlays(image, torch.cat(renders), torch.cat(masks), np.stack([c.matrix for c in used]))
     _save_png(out / f"{stem}_overlay.png", overlay)
-    return [*written, f"{stem}_overlay.png"], len(crops)
+    skipped = [{"face": k, "reason": err.reason, "detail": str(err)} for k, err in unusable]
+    return [*written, f"{stem}_overlay.png"], len(used), skipped
+
+
+def _encode_usable(reconstructor: Reconstructor, crops: list[FaceCrop], device: torch.device
+                   ) -> tuple[list[int], FaceEncoding | None, list[tuple[int, UnusableFacesError]]]:
+    """Encode a batch of crops, dropping the faces the method reports unusable (:class:`UnusableFacesError`).
+
+    Returns:
+        ``(kept, encoding, dropped)``: indices of the encoded crops, their encoding (None when none is usable), and
+        ``(index, error)`` of each dropped crop.
+    """
+    keep, dropped = list(range(len(crops))), []
+    while keep:
+        try:
+            return keep, reconstructor.encode(_image_tensor([crops[k].image for k in keep], device)), dropped
+        except UnusableFacesError as err:
+            bad = {keep[j] for j in err.faces if 0 <= j < len(keep)}
+            if not bad:
+                raise
+            dropped += [(k, err) for k in sorted(bad)]
+            keep = [k for k in keep if k not in bad]
+    return keep, None, dropped
 
 
 def _device(reconstructor: Reconstructor) -> torch.device:
@@ -582,7 +621,7 @@ def _track_face(dets, previous_box: np.ndarray | None) -> int | None:
 
 
 def _reconstruct_video(path: Path, stem: str, out: Path, reconstructor: Reconstructor, options: ReconstructOptions,
-                       cropper: FaceCropper) -> tuple[list[str], int]:
+                       cropper: FaceCropper) -> tuple[list[str], int, list[dict]]:
     """One face track of a video: encode every processed frame, smooth, then render and write (a second pass)."""
     info = probe_video(path)
     frames, crops, encodings, like = _encode_track(path, reconstructor, options, cropper)
@@ -604,7 +643,7 @@ def _reconstruct_video(path: Path, stem: str, out: Path, reconstructor: Reconstr
     written = [f"{stem}_params.npz", f"{stem}_params.json"]
     written += _render_track(path, stem, out, reconstructor, options, frames, crops, arrays, like,
                              crop_arrays["crop_matrix"], fps)
-    return written, len(frames)
+    return written, len(frames), []
 
 
 def _encode_track(path: Path, reconstructor: Reconstructor, options: ReconstructOptions, cropper: FaceCropper
@@ -627,11 +666,14 @@ def _encode_track(path: Path, reconstructor: Reconstructor, options: Reconstruct
                 previous = dets.boxes[k]
                 frames.append(index)
                 found.append(cropper.crop(frame, dets.boxes[k], float(dets.scores[k])))
-        if found:
-            encoding = reconstructor.encode(_image_tensor([c.image for c in found], device))
+        keep, encoding, _ = _encode_usable(reconstructor, found, device)  # unusable faces: as frames without one
+        if encoding is not None:
+            frames = frames[: len(frames) - len(found)] + [frames[len(frames) - len(found) + k] for k in keep]
             like = encoding if like is None else like
             encodings.append(encoding_to_arrays(encoding))
-            crops += [_drop_pixels(c) for c in found]  # the second pass re-makes the crops from the matrices
+            crops += [_drop_pixels(found[k]) for k in keep]  # the second pass re-makes the crops from the matrices
+        else:
+            del frames[len(frames) - len(found):]
     return frames, crops, encodings, like
 
 

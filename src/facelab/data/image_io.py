@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facelab.errors import FacelabError
 
-__all__ = ["IMAGE_EXTENSIONS", "DataError", "is_image_file", "list_images", "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "DataError", "UnusableFacesError", "is_image_file", "list_images", "read_image"]
 
 #: File name endings treated as images (lower case) when scanning folders.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
@@ -38,6 +38,21 @@ class DataError(FacelabError, ValueError):
         self.reason = reason
         self.path = None if path is None else str(path)
         super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class UnusableFacesError(DataError):
+    """Some face crops of a batch cannot be encoded by a method (e.g. no landmarks found in them); the others can.
+
+    ``facelab reconstruct`` drops these faces (reported per face with ``reason``) and encodes the rest.
+
+    Attributes:
+        faces: indices of the unusable crops in the batch given to ``encode``.
+    """
+
+    def __init__(self, reason: str, message: str, faces: list[int] | tuple[int, ...],
+                 path: str | os.PathLike | None = None):
+        self.faces = tuple(int(k) for k in faces)
+        super().__init__(reason, message, path)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

@@ -21,6 +21,7 @@ from facelab.losses.adversarial import (
     GanLossKind,
     LazyR1,
     discriminator_loss,
+    feature_matching_loss,
     generator_loss,
     r1_penalty,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "contextual_similarity",
     "cosine_distance",
     "discriminator_loss",
+    "feature_matching_loss",
     "generator_loss",
     "iresnet",
     "landmark_loss",

@@ -10,6 +10,8 @@ losses.
 * ``"hinge"`` (Lim & Ye 2017; Miyato et al. 2018): D ``relu(1 - D(x)) + relu(1 + D(G(z)))``, G ``-D(G(z))``.
 * ``"lsgan"`` (Mao et al. 2017, Eq. 2 with a = 0, b = c = 1): D ``1/2 (D(x) - 1)^2 + 1/2 D(G(z))^2``,
   G ``1/2 (D(G(z)) - 1)^2``.
+
+:func:`feature_matching_loss` is pix2pixHD's discriminator feature matching (Wang et al. 2018, Eq. 4).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "GanLossKind",
     "LazyR1",
     "discriminator_loss",
+    "feature_matching_loss",
     "generator_loss",
     "r1_penalty",
 ]
@@ -65,6 +68,30 @@ def generator_loss(fake_logits: Logits, kind: GanLossKind = "non_saturating") ->
             total = total - f.mean()
         else:
             total = total + 0.5 * (f - 1.0).square().mean()
+    return total
+
+
+def feature_matching_loss(real: Sequence[Sequence[Tensor]], fake: Sequence[Sequence[Tensor]]) -> Tensor:
+    """pix2pixHD's feature-matching loss (Eq. 4): ``sum_k sum_i 1/N_i |D_k^(i)(x) - D_k^(i)(G(s))|_1`` over the
+    scales ``k`` and the intermediate layers ``i`` (the logits excluded), as its implementation weights it
+    (``4 / (n_layers + 1)`` per layer, ``1 / num_d`` per scale, the L1 a mean over elements).
+
+    Args:
+        real: per scale, the discriminator's features of real samples (logits last; detached here).
+        fake: the same of generated samples (gradients flow to the generator).
+
+    Returns:
+        Scalar.
+    """
+    if len(real) != len(fake) or not real:
+        raise ValueError(f"{len(real)} real and {len(fake)} fake scales")
+    total = 0.0
+    for r, f in zip(real, fake):
+        if len(r) != len(f) or len(r) < 2:
+            raise ValueError(f"a scale has {len(r)} real and {len(f)} fake feature maps (intermediate + logits)")
+        layer_weight = 4.0 / (len(r) - 1)  # pix2pixHD: 4 / (n_layers + 1), its count of intermediate maps
+        for a, b in zip(r[:-1], f[:-1]):
+            total = total + layer_weight / len(real) * F.l1_loss(b, a.detach())
     return total
 
 

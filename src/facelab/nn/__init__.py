@@ -18,6 +18,7 @@ from facelab.nn.blocks import (
 )
 from facelab.nn.conditioning import AdaIN, AdaINResBlock, FiLM, adain, condition_mlp
 from facelab.nn.discriminators import (
+    MultiscaleDiscriminator,
     PatchDiscriminator,
     UNetDiscriminator,
     UNetDiscriminatorOutput,
@@ -80,6 +81,7 @@ __all__ = [
     "ModulatedConv2d",
     "NoiseInjection",
     "Norm",
+    "MultiscaleDiscriminator",
     "PatchDiscriminator",
     "PreActResBlock",
     "ResidualBlock",

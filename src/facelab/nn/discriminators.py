@@ -1,9 +1,14 @@
-"""Discriminators: pix2pix's PatchGAN and the U-Net discriminator with optional regression heads.
+"""Discriminators: pix2pix's PatchGAN, pix2pixHD's multi-scale PatchGAN and the U-Net discriminator with optional
+regression heads.
 
 - :class:`PatchDiscriminator`: Isola et al. 2017, "Image-to-Image Translation with Conditional Adversarial
   Networks" (pix2pix), §3.2.2 and appendix 6.1.2: C64-C128-C256-C512 (4x4 convolutions, stride 2 except the last
   two, LeakyReLU 0.2, no norm on the first layer), a 4x4 convolution to one logit per patch; with 3 strided layers
   every logit sees a 70x70 receptive field. DualStream's texture stream trains against it.
+- :class:`MultiscaleDiscriminator`: Wang et al. 2018, "High-Resolution Image Synthesis and Semantic Manipulation with
+  Conditional GANs" (pix2pixHD), §3.2: ``num_d`` PatchGANs of one architecture on the input and its 2x, 4x, ...
+  average-pooled copies (3x3, stride 2, padding 1, ``count_include_pad=False``); each returns its intermediate
+  activations too, for the feature-matching loss (§3.2 Eq. 4, :func:`facelab.losses.feature_matching_loss`).
 - :class:`UNetDiscriminator`: Schönfeld, Schiele & Khoreva 2020, "A U-Net Based Discriminator for Generative
   Adversarial Networks" (CVPR): a BigGAN residual encoder whose bottleneck gives a global realism logit, and a
   residual decoder with skip connections from the encoder that gives a per-pixel realism logit map (§3.1, Fig. 2).
@@ -25,7 +30,8 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from facelab.nn.blocks import Norm, norm_layer
 
-__all__ = ["PatchDiscriminator", "UNetDiscriminator", "UNetDiscriminatorOutput", "conv_receptive_field"]
+__all__ = ["MultiscaleDiscriminator", "PatchDiscriminator", "UNetDiscriminator", "UNetDiscriminatorOutput",
+           "conv_receptive_field"]
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
@@ -92,6 +98,57 @@ class PatchDiscriminator(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"PatchDiscriminator expects (B, C, H, W), got {tuple(x.shape)}")
         return self.model(x)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The activation after every LeakyReLU, then the (B, 1, H', W') logits (last): pix2pixHD's
+        ``getIntermFeat`` outputs, for feature matching."""
+        if x.dim() != 4:
+            raise ValueError(f"PatchDiscriminator expects (B, C, H, W), got {tuple(x.shape)}")
+        out = []
+        for layer in self.model:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                out.append(x)
+        return [*out, x]
+
+
+class MultiscaleDiscriminator(nn.Module):
+    """pix2pixHD's multi-scale discriminator (module docstring): ``num_d`` :class:`PatchDiscriminator` s, the k-th
+    on the input average-pooled k times.
+
+    Args:
+        in_channels: input channels (conditional: condition + image channels).
+        base_channels: width of each PatchGAN's first layer (pix2pixHD: 64).
+        n_layers: strided layers of each PatchGAN (3).
+        num_d: scales (pix2pixHD: 3 at 1024x512, 2 at 512x256).
+        norm: normalisation of the PatchGANs (pix2pixHD: instance).
+        spectral_norm: spectral-normalise every convolution.
+
+    Shapes:
+        ``forward(x (B, C, H, W)) -> [features of scale 0, ..., of scale num_d - 1]``, each the list of
+        :meth:`PatchDiscriminator.features` (logits last). :meth:`logits` gives the logits alone.
+    """
+
+    def __init__(self, in_channels: int = 6, base_channels: int = 64, n_layers: int = 3, num_d: int = 3,
+                 norm: Norm = "instance", spectral_norm: bool = False) -> None:
+        super().__init__()
+        if num_d < 1:
+            raise ValueError(f"num_d must be >= 1, got {num_d}")
+        self.scales = nn.ModuleList(PatchDiscriminator(in_channels, base_channels, n_layers, norm, spectral_norm)
+                                    for _ in range(num_d))
+
+    def forward(self, x: Tensor) -> list[list[Tensor]]:
+        out = []
+        for k, d in enumerate(self.scales):
+            if k:
+                x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+            out.append(d.features(x))
+        return out
+
+    @staticmethod
+    def logits(features: list[list[Tensor]]) -> list[Tensor]:
+        """The logits of every scale (for :func:`facelab.losses.generator_loss` / ``discriminator_loss``)."""
+        return [f[-1] for f in features]
 
 
 class _DBlock(nn.Module):
