@@ -100,8 +100,8 @@ fit-dnpm:
 	$(VENV)/bin/facelab detail --method dnpm --ckpt $(call last,dnpm_detailed3dmm) --id random --exp smile \
 		--out $(FIT_LOGS)/dnpm_detail
 
-## DNPM's applications (after fit-dnpm, whose generator they use): speech -> ARKit then an animation of a synthetic
-## utterance; the image -> UV regressor, E_deg on its output (Table III's setting), then a detailed reconstruction of
+## DNPM's applications (after fit-dnpm, whose generator and Detailed3DMM they use): speech -> ARKit then a detailed
+## animation of a synthetic utterance; the image -> UV regressor, E_deg on its output (Table III's setting), then a detailed reconstruction of
 ## a real photo (scikit-image's astronaut).
 APPS_DIR := $(FIT_LOGS)/dnpm_apps
 fit-dnpm-apps: fit-dnpm
@@ -110,7 +110,7 @@ fit-dnpm-apps: fit-dnpm
 	$(PY) -c "from dnpm.speech_data import synthesize_utterance, write_wav; \
 		write_wav('$(APPS_DIR)/speech.wav', synthesize_utterance(12345, 6.0)[0])"
 	$(VENV)/bin/facelab animate --method dnpm --ckpt $(call last,dnpm_speech) --audio $(APPS_DIR)/speech.wav \
-		--id random --out $(APPS_DIR)/animation
+		--detail-ckpt $(call last,dnpm_detailed3dmm) --id random --out $(APPS_DIR)/animation
 	$(LCLI) fit --config configs/dnpm_regressor.yaml $(LOGGER) --trainer.max_steps=100
 	$(LCLI) fit --config configs/dnpm_restore.yaml $(LOGGER) --model.init_args.init_ckpt=$(call last,dnpm) \
 		--model.init_args.input=photos --model.init_args.photos.regressor_ckpt=$(call last,dnpm_regressor) \

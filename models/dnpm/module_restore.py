@@ -67,7 +67,7 @@ from dnpm.module_detailed3dmm import load_generator
 from dnpm.restore_data import Degradation, FaceRenderer
 from dnpm.restore_networks import GlobalGenerator, GradualStyleEncoder, restore
 from facelab.errors import AssetFormatError
-from facelab.io.weights import read_checkpoint
+from facelab.io.weights import constructor_arguments, read_checkpoint
 from facelab.log import get_logger, warn_missing_weights
 from facelab.losses import (
     ARCFACE_LEVELS,
@@ -687,7 +687,7 @@ def load_restorer(path: str, config_key: str = "--ckpt") -> RestoreModule:
     """A whole :class:`RestoreModule` (E_deg, the frozen generator, and for photos the regressor) from its own
     checkpoint (``weights_only=True``), in eval mode."""
     ckpt = read_checkpoint(path, what="E_deg checkpoint (a RestoreModule checkpoint)", config_key=config_key)
-    hp = dict(ckpt.get("hyper_parameters", {}))
+    hp = constructor_arguments(ckpt.get("hyper_parameters", {}))  # lightning-cli adds _class_path, ...
     if "encoder" not in hp or "generator" not in hp or "input" not in hp:
         raise AssetFormatError(
             f"{path} (set by {config_key}) is not a RestoreModule checkpoint; train one with configs/dnpm_restore.yaml"

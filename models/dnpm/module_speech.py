@@ -270,7 +270,7 @@ def load_speech_model(path: str, config_key: str = "--ckpt") -> SpeechModule:
     Raises:
         MissingAssetError: no such file. AssetFormatError: not a SpeechModule checkpoint.
     """
-    from facelab.io.weights import read_checkpoint
+    from facelab.io.weights import constructor_arguments, read_checkpoint
 
     if not Path(path).is_file():
         raise MissingAssetError(
@@ -278,10 +278,9 @@ def load_speech_model(path: str, config_key: str = "--ckpt") -> SpeechModule:
             "configs/dnpm_speech.yaml`)"
         )
     ckpt = read_checkpoint(path, what="SpeechModule checkpoint", config_key=config_key)
-    hp = dict(ckpt.get("hyper_parameters") or {})
+    hp = constructor_arguments(ckpt.get("hyper_parameters") or {})  # lightning-cli adds _class_path, ...
     if "coefficient_weight" not in hp or "state_dict" not in ckpt:
         raise AssetFormatError(f"{config_key} {path}: not a SpeechModule checkpoint (configs/dnpm_speech.yaml)")
-    hp.pop("_instantiator", None)
     hp["wav2vec_path"] = None  # the checkpoint holds the encoder's weights; its architecture is wav2vec_config
     quiet = get_logger("dnpm.speech_model")
     level = quiet.level

@@ -61,7 +61,7 @@ from dualstream.module import texture_mae
 from facelab.data.crop import transform_points, warp_crop
 from facelab.data.image_io import read_image
 from facelab.errors import AssetFormatError, MissingAssetError
-from facelab.io.weights import read_checkpoint
+from facelab.io.weights import constructor_arguments, read_checkpoint
 from facelab.methods import EvaluateEntry, EvaluateRequest
 from facelab.metrics import landmark_nme, rigid_icp, scan_to_mesh_distance, yaw_binned_mean
 from facelab.metrics.registration import RigidTransform
@@ -183,7 +183,7 @@ def load_models(request: EvaluateRequest, options: argparse.Namespace
         recon = DualStreamReconstructor.from_checkpoint(request.ckpt, device=request.device)
         predictor = GeometryPredictor.from_reconstructor(recon, request.device)
     else:
-        hp.pop("_instantiator", None)
+        hp = constructor_arguments(hp)  # without lightning-cli's _class_path, _instantiator
         hp["vggface_weights"] = None  # the trained weights come from the checkpoint
         module = GeometryModule(**{k: v for k, v in hp.items() if k in GeometryModule.__init__.__code__.co_varnames})
         stream = {k[len("stream."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("stream.")}

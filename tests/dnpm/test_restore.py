@@ -195,6 +195,10 @@ def test_restore_maps_smoke_fit_and_checkpoint(tmp_path, gan_checkpoint, save_ch
     again = load_restorer(path)
     low = module.high_and_low(batches()[1])[1]
     torch.testing.assert_close(again(low), module.eval()(low))
+    saved = torch.load(path, weights_only=True)  # as lightning-cli saves it: its bookkeeping keys in hparams
+    saved["hyper_parameters"].update(_class_path="dnpm.module_restore.RestoreModule", _instantiator="x.y")
+    torch.save(saved, tmp_path / "cli.ckpt")
+    torch.testing.assert_close(load_restorer(str(tmp_path / "cli.ckpt"))(low), again(low))
     scores = restore_scores(again, batches())
     assert all(map(torch.isfinite, map(torch.tensor, (scores.psnr, scores.ssim, scores.input_psnr))))
     assert "E_deg" in scores.format("x1/4")

@@ -89,6 +89,10 @@ def test_lightning_fit_and_checkpoint_round_trip(tmp_path):
     loaded = load_speech_model(str(ckpt))
     audio = torch.randn(1, 8000)
     assert torch.allclose(loaded.net.generate(audio), model.eval().net.generate(audio), atol=1e-6)
+    saved = torch.load(ckpt, weights_only=True)  # as lightning-cli saves it: its bookkeeping keys in hparams
+    saved["hyper_parameters"].update(_class_path="dnpm.module_speech.SpeechModule", _instantiator="x.y")
+    torch.save(saved, tmp_path / "cli.ckpt")
+    assert torch.allclose(load_speech_model(str(tmp_path / "cli.ckpt")).net.generate(audio), loaded.net.generate(audio))
     with pytest.raises(MissingAssetError):
         load_speech_model(str(tmp_path / "none.ckpt"))
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")

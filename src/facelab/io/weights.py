@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from facelab.errors import AssetFormatError
 from facelab.io.assets import require_file
+
+
+def constructor_arguments(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``hyper_parameters`` as the module's constructor keyword arguments: without the bookkeeping
+    keys ``lightning-cli`` adds (``_class_path``, ``_instantiator``: every top-level key with a leading ``_``)."""
+    return {k: v for k, v in hparams.items() if not str(k).startswith("_")}
 
 
 def read_checkpoint(path: str | os.PathLike, *, what: str, config_key: str | None = None) -> dict:
