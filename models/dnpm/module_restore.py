@@ -293,9 +293,9 @@ class RegressorModule(LightningModule):
         condition = F.interpolate(images, size=maps.shape[-2:], mode="area")
         return self.discriminator(torch.cat([condition, maps], dim=1))
 
-    def losses(self, images: Tensor, target: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """The regressor's terms (module docstring) and its prediction."""
-        pred = self.net(images)
+    def losses(self, images: Tensor, target: Tensor, pred: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
+        """The regressor's terms (module docstring) and its prediction (``pred``: ``R(images)`` if already made)."""
+        pred = self.net(images) if pred is None else pred
         losses = {"pixel": (pred - target).abs().mean()}
         if self.perceptual is not None:
             losses["perceptual"] = map_lpips(self.perceptual, pred, target)
@@ -324,16 +324,14 @@ class RegressorModule(LightningModule):
             images = torch.where(pick, self.degradation(images), images)
         optimizers = self.optimizers()
         opt_g, opt_d = optimizers if isinstance(optimizers, list) else (optimizers, None)
-        d_losses = {}
-        if opt_d is not None:  # D's step (R frozen), then R's (D frozen), as pix2pixHD
-            with torch.no_grad():
-                pred = self.net(images)
+        d_losses, pred = {}, self.net(images)  # one forward of R serves both steps
+        if opt_d is not None:  # D's step (on the detached prediction), then R's (D frozen), as pix2pixHD
             self.toggle_optimizer(opt_d)
             d_losses = self.discriminator_losses(images, target, pred)
             self.guard(opt_d, d_losses, {"discriminator": 1.0})
             self.untoggle_optimizer(opt_d)
             self.toggle_optimizer(opt_g)
-        losses, pred = self.losses(images, target)
+        losses, pred = self.losses(images, target, pred)
         total = self.guard(opt_g, losses, self.weights).total
         if opt_d is not None:
             self.untoggle_optimizer(opt_g)

@@ -131,7 +131,7 @@ def _trainer(steps: int) -> L.Trainer:
 
 
 @pytest.fixture(scope="module")
-def gan_ckpt(tmp_path_factory) -> str:
+def gan_ckpt(tmp_path_factory, save_checkpoint) -> str:
     given = os.environ.get("FACELAB_DNPM_GAN_CKPT")
     if given:
         return given
@@ -140,9 +140,7 @@ def gan_ckpt(tmp_path_factory) -> str:
     start = time.time()
     _trainer(10**6).fit(gan, _data(16))
     print(f"\nDNPM {GAN_KIMG:g} kimg in {(time.time() - start) / 60:.1f} min")
-    path = tmp_path_factory.mktemp("restore") / "gan.ckpt"
-    torch.save({"state_dict": gan.state_dict(), "hyper_parameters": dict(gan.hparams)}, path)
-    return str(path)
+    return save_checkpoint(gan, tmp_path_factory.mktemp("restore") / "gan.ckpt")  # tests/dnpm/conftest.py
 
 
 def _module(gan_ckpt: str, weights: RestoreLossWeights, **kwargs) -> RestoreModule:
@@ -253,14 +251,13 @@ def test_restoration_of_downsampled_maps_tables_ii_and_iv(gan_ckpt):
         _assert_beats(table["E_deg (ours)"], table, ("bicubic", "mean training map"), f"x1/{factor}")
 
 
-def test_restoration_of_degraded_photos_table_iii(gan_ckpt, tmp_path):
+def test_restoration_of_degraded_photos_table_iii(gan_ckpt, tmp_path, save_checkpoint):
     torch.manual_seed(0)
     regressor = RegressorModule(**REGRESSOR)
     start = time.time()
     _trainer(REGRESSOR_STEPS).fit(regressor, _data(8))
     reg_minutes = (time.time() - start) / 60
-    reg_path = tmp_path / "regressor.ckpt"
-    torch.save({"state_dict": regressor.state_dict(), "hyper_parameters": dict(regressor.hparams)}, reg_path)
+    reg_path = save_checkpoint(regressor, tmp_path / "regressor.ckpt")
 
     photos = dict(input="photos", photos=PhotoSettings(regressor_ckpt=str(reg_path)))
     val = _val()
