@@ -44,6 +44,7 @@ from facelab.training import (
     StepOutcome,
     epoch_cosine,
     freeze,
+    kept_norm_statistics,
     norm_statistics,
     restore_frozen_modes,
     restore_norm_statistics,
@@ -207,6 +208,12 @@ class SmirkModule(LightningModule):
             :func:`smirk.cycle.synthetic_templates` (only with the synthetic FLAME, ``flame_path: synthetic``), or
             None to drop that group (a WARNING).
         cycle_groups: the cycle path's augmentation groups (supplementary Table 3 ablations are subsets).
+        cycle_updates_norm_stats: let the cycle path's encoder pass over the translator's images update the
+            expression encoder's BatchNorm running statistics, as the public code does. False (default): that pass
+            normalises with its batch's statistics as usual, but the running statistics, which the encoder uses
+            at test time on real images, keep describing real images only (issue 9: an early translator's output
+            moved them so far that 100 core batches took the held-out expression vertex error from 1.7 to 6 mm,
+            with the cycle loss switched off).
         lr: base learning rate; None: 5e-4 in pretraining, 1e-3 in the core phase (supplementary §1.6).
         encoder_lr_factor: core phase: encoder lr = factor x ``lr`` (0.25).
         generator_betas: Adam betas of the generator.
@@ -243,6 +250,7 @@ class SmirkModule(LightningModule):
         cycle_loss: CycleLoss | None = None,
         templates_path: str | None = None,
         cycle_groups: tuple[str, ...] = AUGMENTATION_GROUPS,
+        cycle_updates_norm_stats: bool = False,
         lr: float | None = None,
         encoder_lr_factor: float = 0.25,
         generator_betas: tuple[float, float] = (0.5, 0.999),
@@ -302,6 +310,7 @@ class SmirkModule(LightningModule):
             "MICA (SMIRK shape teacher)", "the shape encoder learns from landmarks alone, whose scale/identity "
             "ambiguity it cannot resolve (on synthetic data set it to 'synthetic')")
         self.cycle_loss = cycle_loss if cycle_loss is not None else CycleLoss()
+        self.cycle_updates_norm_stats = bool(cycle_updates_norm_stats)
         self.cycle_groups = self._cycle_groups(tuple(cycle_groups), templates_path, flame_path, n_expression)
         self._expression_error = ExpressionVertexError(self.flame, flame_path)  # validation, synthetic truth
         self._batches_seen = 0
@@ -565,8 +574,9 @@ class SmirkModule(LightningModule):
         with torch.set_grad_enabled(train_generator):
             generated = self.generator(render.image, masked.masked_image)
         image = generated if train_generator else generated.detach()
-        expression = self.encoder.expression_encoder(image)
-        shape = self.encoder.shape_encoder(image) if train_generator else base.shape
+        with kept_norm_statistics(self.encoder, enabled=not self.cycle_updates_norm_stats):
+            expression = self.encoder.expression_encoder(image)
+            shape = self.encoder.shape_encoder(image) if train_generator else base.shape
         pred = SmirkEncoding(shape=shape, expression=expression.expression, eyelids=expression.eyelids,
                              jaw_pose=expression.jaw_pose, global_pose=base.global_pose, cam=base.cam)
         loss = self.cycle_loss(pred, target, include_shape=train_generator)

@@ -45,28 +45,39 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 64
 NUM_EVAL, PROBE_FACES, BASELINE_SAMPLES = 256, 32, 256
-CORE_BATCHES, CORE_BATCH_SIZE = 100, 8  # 2 optimizer steps per batch; one epoch = one cosine
+CORE_BATCHES, CORE_BATCH_SIZE = 100, 8  # one epoch = one cosine
+PRETRAIN_THREADS = 2
 
 
-def _fit(out: Path, base_config: str, *overrides: str) -> Path:
-    """Run ``lightning-cli fit`` with ``base_config`` + the learning overlay; return its ``last.ckpt``."""
-    cmd = [sys.executable, "-m", "facelab.cli.train", "fit", "--config", f"configs/{base_config}",
-           "--config", "configs/smirk_synthetic.yaml", "--config", "configs/smirk_learning.yaml",
-           f"--trainer.logger.init_args.save_dir={out}",
-           "--trainer.enable_progress_bar=false", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+def _command(out: Path, base_config: str, *overrides: str) -> list[str]:
+    """``lightning-cli fit`` with ``base_config`` + the learning overlays, logging under ``out``."""
+    return [sys.executable, "-m", "facelab.cli.train", "fit", "--config", f"configs/{base_config}",
+            "--config", "configs/smirk_synthetic.yaml", "--config", "configs/smirk_learning.yaml",
+            f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_progress_bar=false", *overrides]
+
+
+def _last_checkpoint(out: Path) -> Path:
     ckpts = sorted(out.glob("*/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     assert ckpts, f"no last.ckpt under {out}"
     return ckpts[-1]
 
 
-def _core(out: Path, pretrain_ckpt: Path, *overrides: str) -> Path:
-    """The core phase (``CORE_BATCHES`` batches of ``CORE_BATCH_SIZE``, one epoch) from ``pretrain_ckpt``."""
-    return _fit(out, "smirk.yaml", f"--model.init_args.pretrain_ckpt={pretrain_ckpt}",
-                f"--data.init_args.batch_size={CORE_BATCH_SIZE}",
-                f"--data.init_args.num_train={CORE_BATCHES * CORE_BATCH_SIZE}",
-                f"--trainer.max_steps={2 * CORE_BATCHES}", *overrides)
+def _fit_all(runs: dict[Path, list[str]], threads: int) -> list[Path]:
+    """Run the ``lightning-cli`` commands side by side (``threads`` OpenMP threads each); their ``last.ckpt``."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env) for cmd in runs.values()]
+    codes = [p.wait() for p in procs]
+    assert codes == [0] * len(codes), f"lightning-cli exit codes {codes}"
+    return [_last_checkpoint(out) for out in runs]
+
+
+def _core_command(out: Path, pretrain_ckpt: Path, *overrides: str) -> list[str]:
+    """The core phase from ``pretrain_ckpt``: one epoch of ``CORE_BATCHES`` batches of ``CORE_BATCH_SIZE``
+    (an epoch, not a step count: with the cycle weight at 0 a batch takes one optimizer step instead of two)."""
+    return _command(out, "smirk.yaml", f"--model.init_args.pretrain_ckpt={pretrain_ckpt}",
+                    f"--data.init_args.batch_size={CORE_BATCH_SIZE}",
+                    f"--data.init_args.num_train={CORE_BATCHES * CORE_BATCH_SIZE}",
+                    "--trainer.max_epochs=1", "--trainer.max_steps=-1", *overrides)
 
 
 def _evaluate(ckpt: Path | None, out: Path, name: str) -> SmirkEvaluation:
@@ -97,11 +108,15 @@ def test_pretraining_then_core_phase_beat_the_trivial_baselines(tmp_path):
     out.mkdir(parents=True, exist_ok=True)
     results = {"init": _evaluate(None, out, "init")}
 
-    pretrain_ckpt = _fit(out / "pretrain", "smirk_pretrain.yaml")
+    (pretrain_ckpt,) = _fit_all({out / "pretrain": _command(out / "pretrain", "smirk_pretrain.yaml")},
+                                threads=PRETRAIN_THREADS)
     pretrain = results["pretrain"] = _evaluate(pretrain_ckpt, out, "pretrain")
-    core = results["core"] = _evaluate(_core(out / "core", pretrain_ckpt), out, "core")
-    ablation = results["core, cycle off"] = _evaluate(
-        _core(out / "core_no_cycle", pretrain_ckpt, "--model.init_args.loss_weights.cycle=0.0"), out, "core_no_cycle")
+    core_ckpt, ablation_ckpt = _fit_all({  # the two core phases side by side, one core each
+        out / "core": _core_command(out / "core", pretrain_ckpt),
+        out / "core_no_cycle": _core_command(out / "core_no_cycle", pretrain_ckpt,
+                                             "--model.init_args.loss_weights.cycle=0.0")}, threads=1)
+    core = results["core"] = _evaluate(core_ckpt, out, "core")
+    ablation = results["core, cycle off"] = _evaluate(ablation_ckpt, out, "core_no_cycle")
 
     table = _side_by_side(results)
     print(f"\n{table}", flush=True)

@@ -322,3 +322,22 @@ def test_core_without_pretraining_trains_pose_and_shape_and_says_so(batches, tmp
     frozen = make_module("core", train_pose_shape=False)
     assert "FROZEN AT THEIR RANDOM INITIALIZATION" in capsys.readouterr().err
     assert not any(p.requires_grad for p in frozen.encoder.pose_encoder.parameters())
+
+
+@pytest.mark.parametrize("updates", [False, True])
+def test_cycle_path_leaves_the_encoders_running_statistics_to_real_images(batches, updates):
+    """The cycle path's expression-encoder pass over the translator's images trains through BatchNorm (batch
+    statistics) but, by default, leaves the running statistics that the encoder normalises real images with at
+    test time (issue 9: an early translator's output moved them and ruined held-out expressions);
+    ``cycle_updates_norm_stats=True`` is the public code's behaviour."""
+    module = make_module("core", templates_path="synthetic", cycle_updates_norm_stats=updates).train()
+    batch = module._prepare(batches[0])
+    for train_generator in (False, True):
+        _, recon = module._reconstruction_path(batch, train_generator)
+        before = norm_statistics(module.encoder, clone=True)
+        loss, _ = module._cycle_path(batch, recon, train_generator)
+        loss.backward()
+        moved = {n for n, buf in norm_statistics(module.encoder).items() if not torch.equal(buf, before[n])}
+        assert bool(moved) == updates
+        assert not updates or any(n.startswith("expression_encoder.") for n in moved)
+    assert module.encoder.expression_encoder.head.weight.grad is not None

@@ -1,5 +1,6 @@
 """Frozen networks stay frozen through ``train()`` (no gradients, BatchNorm statistics untouched); frozen
-BatchNorm statistics under a trainable network; snapshots of statistics restored after a NaN batch."""
+BatchNorm statistics under a trainable network; snapshots of statistics restored after a NaN batch; a block that
+trains through BatchNorm without moving its running statistics."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from facelab.training import (
     freeze,
     freeze_norm_statistics,
     is_frozen,
+    kept_norm_statistics,
     norm_statistics,
     restore_frozen_modes,
     restore_norm_statistics,
@@ -74,3 +76,26 @@ def test_restore_norm_statistics_only_after_non_finite_ones():
     assert all(torch.equal(v, norm_statistics(owner)[k]) for k, v in saved.items())
     with pytest.raises(ValueError, match="not a snapshot"):
         restore_norm_statistics(owner.student, saved, only_if_non_finite=False)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_kept_norm_statistics_train_through_batch_norm_but_keep_the_running_ones(momentum):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=momentum), nn.ReLU()).train()
+    net(torch.randn(4, 3, 8, 8))  # some real statistics first
+    before = norm_statistics(net, clone=True)
+    x = torch.randn(4, 3, 8, 8) * 5 + 3  # another distribution (a generator's images)
+    reference = net(x)  # what train mode computes: batch statistics ...
+    restore_norm_statistics(net, before, only_if_non_finite=False)
+    with kept_norm_statistics(net):
+        out = net(x)
+        out.square().mean().backward()  # autograd's saved tensors are intact
+    assert torch.allclose(out, reference)  # ... the same normalisation inside the block
+    assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0
+    assert all(torch.equal(v, norm_statistics(net)[k]) for k, v in before.items())  # ... running ones untouched
+    assert net[1].momentum == momentum
+    net(x)  # outside the block the statistics move again
+    assert not torch.equal(net[1].running_mean, before["1.running_mean"])
+    with kept_norm_statistics(net, enabled=False):
+        net(x * 2)
+    assert net[1].num_batches_tracked.item() == before["1.num_batches_tracked"].item() + 2

@@ -18,17 +18,22 @@ owner's ``train()``) puts them back into eval mode::
 :func:`freeze_norm_statistics` freezes only the BatchNorm statistics of a network that otherwise trains
 (fine-tuning with small batches). :func:`norm_statistics` / :func:`restore_norm_statistics` snapshot and restore
 running statistics, e.g. when a step is skipped because a batch was non-finite (its forward pass already wrote
-NaN into them).
+NaN into them). :func:`kept_norm_statistics` runs a block in train mode (batch statistics, gradients) without
+letting it move the running statistics: a forward pass on images of another distribution than the data (a
+generator's output in a cycle path) must not change what the network normalises with at test time.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
-__all__ = ["freeze", "freeze_norm_statistics", "is_frozen", "norm_statistics", "restore_frozen_modes",
-           "restore_norm_statistics", "unfreeze"]
+__all__ = ["freeze", "freeze_norm_statistics", "is_frozen", "kept_norm_statistics", "norm_statistics",
+           "restore_frozen_modes", "restore_norm_statistics", "unfreeze"]
 
 #: Attribute marking a module that :func:`restore_frozen_modes` keeps in eval mode.
 _EVAL_MARK = "_facelab_keep_eval"
@@ -117,3 +122,28 @@ def restore_norm_statistics(module: nn.Module, saved: dict[str, Tensor], only_if
     for name, buf in current.items():
         buf.copy_(saved[name])
     return True
+
+
+@contextmanager
+def kept_norm_statistics(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside the block, ``module``'s normalisation layers work as usual (train mode normalises with the batch's
+    statistics and back-propagates through them) but leave their running statistics as they were, so the block's
+    inputs never reach what the module normalises with in eval mode. ``enabled=False``: a no-op.
+
+    The layers' momentum is 0 inside the block (the running averages are updated with weight 0, which keeps the
+    tensors that autograd saved intact) and ``num_batches_tracked`` is put back afterwards.
+    """
+    if not enabled:
+        yield
+        return
+    layers = [m for m in module.modules() if isinstance(m, _NormBase) and m.track_running_stats]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, (momentum, tracked) in zip(layers, saved):
+            layer.momentum = momentum
+            if tracked is not None:
+                layer.num_batches_tracked.copy_(tracked)
