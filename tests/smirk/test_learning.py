@@ -91,14 +91,14 @@ def _evaluate(ckpt: Path | None, out: Path, name: str) -> SmirkEvaluation:
 def _side_by_side(results: dict[str, SmirkEvaluation]) -> str:
     """One row per run: the headline metrics and their baselines."""
     first = next(iter(results.values())).baselines
-    lines = [f"{'run':<22}{'NME mp':>10}{'vert mean':>11}{'probe L1':>10}{'abs std':>10}",
-             f"{'baseline: mean lmk':<22}{first.nme_mp:>10.4f}{'-':>11}{'-':>10}{'-':>10}"]
+    lines = [f"{'run':<28}{'NME mp':>10}{'vert mean':>11}{'probe L1':>10}{'abs std':>10}",
+             f"{'baseline: mean lmk':<28}{first.nme_mp:>10.4f}{'-':>11}{'-':>10}{'-':>10}"]
     for base in (first.zero, first.train_mean):
         p = base.probe
-        lines.append(f"{'baseline: ' + base.name:<22}{'-':>10}{base.expression_vertex_error.mean_mm:>11.3f}"
+        lines.append(f"{'baseline: ' + base.name:<28}{'-':>10}{base.expression_vertex_error.mean_mm:>11.3f}"
                      f"{p.vert_l1_mm:>10.4f}{p.vert_abs_std_mm:>10.4f}")
     for name, r in results.items():
-        lines.append(f"{name:<22}{r.nme_mp:>10.4f}{r.expression_vertex_error.mean_mm:>11.3f}"
+        lines.append(f"{name:<28}{r.nme_mp:>10.4f}{r.expression_vertex_error.mean_mm:>11.3f}"
                      f"{r.probe.vert_l1_mm:>10.4f}{r.probe.vert_abs_std_mm:>10.4f}")
     return "\n".join(lines)
 
