@@ -1,7 +1,7 @@
 """The learning proof of SMIRK on the synthetic world, each metric against its trivial baselines (slow).
 
-`make test-slow`; ~35 min on 2 CPU cores (pretraining ~20 min on 2 threads, then the two core phases side by
-side, one core each, ~5 min; five evaluations ~1 min each).
+`make test-slow`; 21 min measured on 2 idle CPU cores (pretraining ~17 min on 2 threads, then the two core phases
+side by side, one core each, ~4 min; four evaluations under a minute each).
 
 Held-out data: 256 faces of the synthetic ``test`` split (disjoint from train/val); the Table 4 probe on 32 of them x
 8 tweaks. Baselines (:class:`smirk.evaluate.SmirkBaselines`, from 256 ``train`` faces): predicting the zero
@@ -18,11 +18,13 @@ expression, the train-set mean expression/jaw/eyelids, and the train-set mean la
    (no cycle-path optimizer step; the same 100 batches) must give a worse probe (vert abs std) than the full core
    phase.
 
-Measured 2026-12-03 with the phases run one by one (baselines: mean landmarks NME 0.1928, zero expression
-2.497 mm, train mean 2.684 mm, constant probe abs std 0.4843): pretraining NME 0.0863 (0.45x) / 1.487 mm (0.60x
-zero) / abs std 0.3711; core 0.0864 / 1.484 mm (0.59x) / 0.3644; cycle off 0.0863 / 1.494 mm / 0.3740. Issue 9's
-note has the whole test's numbers. Before the fixes of that day (BatchNorm statistics of the cycle path, 2000
-pretraining steps, the paper's encoder lr in the core phase) it failed: pretraining 0.68x, core 1.03x zero.
+Measured 2026-12-03 by this test (baselines: mean landmarks NME 0.1928, zero expression 2.497 mm, train mean
+2.684 mm, constant probe abs std 0.4843, untrained network 0.2638 / 3.944 mm / 0.3880): pretraining NME 0.0871
+(0.45x) / 1.528 mm (0.61x zero) / abs std 0.3734; core 0.0874 / 1.555 mm (0.62x) / 0.3622; cycle off 0.0872 /
+1.526 mm / 0.3645. The probe margins are small (the cycle path's: 0.0023 mm; 0.0096 and 0.0006 in two separate
+runs): 100 core batches mostly keep what pretraining learned. Before the fixes of that day (BatchNorm statistics
+of the cycle path, 2000 pretraining steps, the paper's encoder lr in the core phase) the test failed: pretraining
+0.68x, core 1.03x zero.
 
 Every evaluation is printed as the side-by-side table of ``facelab evaluate`` and written as JSON. Set
 ``FACELAB_LEARNING_OUT=DIR`` to keep checkpoints, logs and JSON (otherwise they live in pytest's tmp_path).
